@@ -1,0 +1,1 @@
+"""Shipped search spaces: one YAML file per space (package data)."""

@@ -1,0 +1,1 @@
+"""Tests of tuner; run with `python -m pytest` from the project root."""

@@ -1,0 +1,47 @@
+"""Shared fixtures: one Ray instance per test session, the local datasets, and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """$TUNER_DATA_DIR, else ../shared/data beside the project; tests that need it skip without it."""
+    path = Path(os.environ.get("TUNER_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
+    if not (path / "MNIST").is_dir():
+        pytest.skip(f"no local datasets at {path} (set TUNER_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray for the whole session: ray.init costs seconds, so tests share one."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None):
+    """``python -m tuner.run ARGS`` in a subprocess: (exit code, stdout, stderr)."""
+    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def search_args(tmp_path: Path, *args: str) -> list[str]:
+    """CLI arguments that keep a search's Ray results and MLflow store inside ``tmp_path``."""
+    return ["--storage-path", str(tmp_path / "ray_results"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args]

@@ -1,0 +1,87 @@
+"""Datasets: real files in their standard layouts, seeded stratified splits, the test set kept out."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from tuner.data import load_part, prepare_trial_data, read_idx, resolve_data_dir, split_indices
+from tuner.errors import UserError
+
+
+def test_digits_has_a_fixed_disjoint_test_split():
+    train, test = load_part("digits", None, "train"), load_part("digits", None, "test")
+    assert len(train) + len(test) == 1797 and train.images.shape[1:] == (1, 8, 8)
+    assert train.images.dtype == np.uint8 and train.images.max() == 255
+    assert set(np.unique(test.labels)) == set(range(10))
+    again = load_part("digits", None, "test")
+    assert np.array_equal(test.images, again.images)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_splits_are_disjoint_stratified_and_cover_the_training_set(seed):
+    labels = load_part("digits", None, "train").labels
+    train, val = split_indices(labels, 0.2, seed)
+    assert not set(train) & set(val)
+    assert sorted(np.concatenate([train, val])) == list(range(len(labels)))
+    share = np.bincount(labels[val], minlength=10) / np.bincount(labels, minlength=10)
+    assert np.allclose(share, 0.2, atol=0.03)
+    again, _ = split_indices(labels, 0.2, seed)
+    assert np.array_equal(train, again)
+
+
+def test_mnist_from_torchvisions_layout(data_dir):
+    train, test = load_part("mnist", data_dir, "train"), load_part("mnist", data_dir, "test")
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert list(train.labels[:5]) == [5, 0, 4, 1, 9]
+
+
+def test_idx_files_may_be_gzipped(tmp_path, data_dir):
+    raw = data_dir / "MNIST" / "raw"
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with open(raw / name, "rb") as src, gzip.open(tmp_path / f"{name}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    assert np.array_equal(read_idx(tmp_path / "t10k-labels-idx1-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte"))
+    assert len(load_part("mnist", tmp_path, "test")) == 10000   # the data dir may be the folder itself
+
+
+def test_cifar_subset_in_its_pickle_layout(data_dir):
+    train = load_part("cifar10", data_dir / "cifar-10-subset", "train")
+    test = load_part("cifar10", data_dir / "cifar-10-subset" / "cifar-10-batches-py", "test")
+    assert train.images.shape == (8068, 3, 32, 32) and len(test) == 1017
+    assert train.classes[0] == "airplane" and len(train.classes) == 10
+
+
+def test_trial_data_never_needs_the_test_files(tmp_path, data_dir):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in (data_dir / "cifar-10-subset" / "cifar-10-batches-py").iterdir():
+        if f.name != "test_batch":
+            (folder / f.name).symlink_to(f)
+    data = prepare_trial_data("cifar10", tmp_path, 0.1, 0)
+    assert len(data.train_idx) + len(data.val_idx) == 8068
+    with pytest.raises(UserError, match="test_batch"):
+        load_part("cifar10", tmp_path, "test")
+
+
+def test_a_missing_dataset_says_where_to_put_it_in_one_line(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_part("cifar100", tmp_path, "train")
+    msg = str(err.value)
+    assert "cifar-100-python" in msg and "--download" in msg and "\n" not in msg
+
+
+def test_data_dir_comes_from_flag_then_env_then_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNER_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir("/x") == resolve_data_dir("/x").resolve() and str(resolve_data_dir("/x")) == "/x"
+    assert resolve_data_dir(None) == tmp_path.resolve()
+    monkeypatch.delenv("TUNER_DATA_DIR")
+    assert resolve_data_dir(None).name == "data"
+
+
+def test_smoke_limit_keeps_every_class(data_dir):
+    data = prepare_trial_data("mnist", data_dir, 0.1, 0, limit=1024)
+    assert len(data.train_idx) == 1024 and set(np.unique(data.labels[data.train_idx])) == set(range(10))

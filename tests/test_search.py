@@ -1,0 +1,104 @@
+"""Real searches through Ray Tune with ASHA and Optuna, and the command's one-line errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli, search_args
+from tuner.run import main
+
+pytestmark = pytest.mark.slow
+
+
+def runs_of(db, experiment: str):
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def quickstart(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quickstart")
+    code = main(search_args(tmp, "--space", "quickstart", "--name", "qs"))
+    board = pd.read_csv(tmp / "ray_results" / "qs" / "leaderboard.csv")
+    return code, tmp, board
+
+
+def test_quickstart_finishes_and_beats_chance_by_a_wide_margin(quickstart):
+    code, tmp, board = quickstart
+    assert code == 0
+    assert len(board) == 24
+    assert board["best_val_accuracy"].max() >= 0.95
+    _, parents, _ = runs_of(tmp / "mlflow.db", "quickstart")
+    assert parents[0].data.metrics["test_accuracy"] >= 0.9      # chance is 0.1
+
+
+def test_asha_stops_some_trials_early(quickstart):
+    _, _, board = quickstart
+    stopped = board[board["end_reason"].str.startswith("stopped by ASHA")]
+    assert len(stopped) >= 3
+    assert set(stopped["epochs"]) <= {2, 6, 18}                 # the rungs of grace 2, factor 3, max 20
+    assert (board["epochs"] == 20).any()
+
+
+def test_quickstart_writes_a_parent_run_and_a_nested_run_per_trial(quickstart):
+    _, tmp, board = quickstart
+    client, parents, children = runs_of(tmp / "mlflow.db", "quickstart")
+    assert len(parents) == 1 and len(children) == len(board)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["tuner.search"] == "qs"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["tuner.trial_id"] for c in children} == set(board["trial_id"])
+    for child in children:
+        assert {"lr", "depth", "width", "batch_size", "model"} <= set(child.data.params)
+        epochs = int(board.loc[board["trial_id"] == child.data.tags["tuner.trial_id"], "epochs"].iloc[0])
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert steps == list(range(1, epochs + 1))           # one value per epoch, step = epoch
+        assert child.data.tags["tuner.end_reason"]
+
+
+def test_an_impossible_architecture_does_not_stop_the_search(ray_session, tmp_path):
+    space = tmp_path / "deep.yaml"
+    space.write_text("description: depth 4 cannot fit 8x8\ndataset: digits\nmodel: convnet\n"
+                     "search:\n  depth: {choice: [2, 4]}\nstart:\n  - {depth: 4}\n  - {depth: 2}\n"
+                     "scheduler: {max_epochs: 1}\nnum_samples: 3\n")
+    assert main(search_args(tmp_path, "--space", str(space), "--name", "deep")) == 0
+    board = pd.read_csv(tmp_path / "ray_results" / "deep" / "leaderboard.csv")
+    invalid = board[board["end_reason"].str.startswith("invalid architecture")]
+    assert len(invalid) >= 1 and (invalid["depth"] == 4).all()
+    assert (board["end_reason"] == "completed").any()
+
+
+def test_smoke_search_of_mnist_filters_strides(ray_session, tmp_path, data_dir):
+    assert main(search_args(tmp_path, "--space", "mnist_filters_strides", "--smoke", "--name", "smoke",
+                            "--data-dir", str(data_dir))) == 0
+    board = pd.read_csv(tmp_path / "ray_results" / "smoke" / "leaderboard.csv")
+    assert len(board) == 2 and set(board["epochs"]) <= {0, 1}
+
+
+def one_line_error(code, out, err):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_space_exits_2_with_one_line(tmp_path):
+    assert "unknown space 'nope'" in one_line_error(*run_cli("--space", "nope", cwd=tmp_path))
+
+
+def test_malformed_space_file_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: x\nsearch: {lr: [1, 2\n")
+    assert "not valid YAML" in one_line_error(*run_cli("--space", str(bad), cwd=tmp_path))
+
+
+def test_missing_data_dir_exits_2_with_one_line(tmp_path):
+    line = one_line_error(*run_cli("--space", "mnist_filters_strides", "--data-dir", str(tmp_path / "none"),
+                                   cwd=tmp_path))
+    assert "dataset mnist not found" in line and "--download" in line

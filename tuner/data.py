@@ -1,0 +1,241 @@
+"""Datasets as uint8 tensors: read from their standard layouts, split, and shipped to trials.
+
+Layouts (under the data dir, or the data dir itself being that folder):
+  digits          sklearn's load_digits, embedded; a fixed, stratified 20% is its test set
+  mnist           MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]    (torchvision's layout)
+  fashion_mnist   FashionMNIST/raw/... the same IDX files
+  cifar10         cifar-10-batches-py/data_batch_*, test_batch, batches.meta       (python pickles)
+  cifar100        cifar-100-python/train, test, meta (fine labels)
+Any number of images the files hold is accepted. The data dir is --data-dir, else $TUNER_DATA_DIR,
+else ./data. Only the training part ever reaches a trial; the test part is read after the search.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from tuner.errors import UserError
+
+DIGITS_TEST_FRACTION = 0.2   # digits ships no test split: this fixed, stratified share is its test set
+DIGITS_TEST_SEED = 0         # independent of the search seed, so every search sees the same test set
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str | None           # folder under the data dir (None: embedded in a package)
+    torchvision: str | None      # torchvision.datasets class that downloads it
+    files: dict[str, tuple[str, ...]]  # part -> files that must exist
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(None, None, {}),
+    "mnist": DatasetSpec("MNIST", "MNIST", {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}),
+    "fashion_mnist": DatasetSpec("FashionMNIST", "FashionMNIST", {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}),
+    "cifar10": DatasetSpec("cifar-10-batches-py", "CIFAR10", {
+        "train": ("data_batch_1",), "test": ("test_batch",)}),
+    "cifar100": DatasetSpec("cifar-100-python", "CIFAR100", {"train": ("train",), "test": ("test",)}),
+}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+@dataclass
+class ImageSet:
+    """One part of a dataset: uint8 images (N, C, H, W), int64 labels (N,), class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def resolve_data_dir(arg: str | os.PathLike | None) -> Path:
+    return Path(arg or os.environ.get("TUNER_DATA_DIR") or "data").expanduser().resolve()
+
+
+# ---- readers ---------------------------------------------------------------------------------------------
+
+def _open(path: Path):
+    gz = path.with_name(path.name + ".gz")
+    return open(path, "rb") if path.exists() else gzip.open(gz, "rb")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.with_name(path.name + ".gz").exists()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic (2 zero bytes, dtype code, ndim), big-endian dims, data."""
+    with _open(path) as f:
+        raw = bytearray(f.read())   # writable, so tensors made from it need no copy
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise UserError(f"{path} is not an unsigned-byte IDX file; fetch it again (--download)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated: {data.size} bytes for shape {tuple(dims)}; fetch it again")
+    return data.reshape(dims)
+
+
+def _unpickle(path: Path) -> dict:
+    # The CIFAR distribution is a set of python pickles; read them the way torchvision does.
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _read_mnist_like(folder: Path, spec: DatasetSpec, part: str, classes: list[str]) -> ImageSet:
+    img_file, lbl_file = spec.files[part]
+    images = read_idx(folder / img_file)[:, None, :, :]
+    labels = read_idx(folder / lbl_file).astype(np.int64)
+    return ImageSet(np.ascontiguousarray(images), labels, classes)
+
+
+def _read_cifar(folder: Path, part: str, fine: bool) -> ImageSet:
+    if fine:
+        batches = [folder / part]
+        meta, label_key, names_key = folder / "meta", "fine_labels", "fine_label_names"
+    else:
+        batches = sorted(folder.glob("data_batch_*")) if part == "train" else [folder / "test_batch"]
+        meta, label_key, names_key = folder / "batches.meta", "labels", "label_names"
+    dicts = [_unpickle(b) for b in batches]
+    images = np.concatenate([np.asarray(d["data"], dtype=np.uint8) for d in dicts]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([np.asarray(d[label_key], dtype=np.int64) for d in dicts])
+    classes = list(_unpickle(meta)[names_key]) if meta.exists() else [str(i) for i in range(labels.max() + 1)]
+    return ImageSet(np.ascontiguousarray(images), labels, classes)
+
+
+def _read_digits(part: str) -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, None]   # 0..16 -> 0..255
+    labels = digits.target.astype(np.int64)
+    train, test = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION,
+                                   random_state=DIGITS_TEST_SEED, stratify=labels)
+    idx = train if part == "train" else test
+    return ImageSet(images[idx], labels[idx], [str(i) for i in range(10)])
+
+
+# ---- finding and fetching --------------------------------------------------------------------------------
+
+def _find_folder(name: str, data_dir: Path, part: str) -> Path | None:
+    """The folder holding ``name``'s files: <dir>/<folder>/raw, <dir>/<folder>, or <dir> itself."""
+    spec = DATASETS[name]
+    for folder in (data_dir / spec.folder / "raw", data_dir / spec.folder, data_dir):
+        if all(_exists(folder / f) for f in spec.files[part]):
+            return folder
+    return None
+
+
+def _download(name: str, data_dir: Path) -> None:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, DATASETS[name].torchvision)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        try:
+            cls(root=str(data_dir), train=train, download=True)
+        except Exception as exc:  # network errors come in many types; the user needs the one line
+            raise UserError(f"could not download {name} into {data_dir}: {exc}") from None
+
+
+def load_part(name: str, data_dir: Path, part: str, download: bool = False) -> ImageSet:
+    """Read the 'train' or 'test' part of a dataset."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "digits":
+        return _read_digits(part)
+    spec = DATASETS[name]
+    folder = _find_folder(name, data_dir, part)
+    if folder is None and download:
+        _download(name, data_dir)
+        folder = _find_folder(name, data_dir, part)
+    if folder is None:
+        wanted = ", ".join(spec.files[part])
+        raise UserError(
+            f"dataset {name} not found in {data_dir}: expected {data_dir / spec.folder}/ with {wanted}; "
+            f"pass --download to fetch it, or --data-dir (or TUNER_DATA_DIR) pointing at the folder that holds "
+            f"{spec.folder}/")
+    if name == "mnist":
+        return _read_mnist_like(folder, spec, part, [str(i) for i in range(10)])
+    if name == "fashion_mnist":
+        return _read_mnist_like(folder, spec, part, FASHION_CLASSES)
+    return _read_cifar(folder, part, fine=name == "cifar100")
+
+
+# ---- what a trial gets -----------------------------------------------------------------------------------
+
+@dataclass
+class TrialData:
+    """The training part, split into train and validation, as it travels to trials through Ray's object
+    store (numpy arrays are read there without a copy). It never holds the test part."""
+
+    name: str
+    images: np.ndarray      # uint8 (N, C, H, W)
+    labels: np.ndarray      # int64 (N,)
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    classes: list[str]
+    mean: tuple[float, ...]  # per channel, of the train split, in [0, 1] units
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def key(self) -> tuple:
+        """Identifies this split in a worker's cache."""
+        return (self.name, len(self.labels), len(self.train_idx), int(self.val_idx[:8].sum()))
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified, disjoint train/val indices that together cover every training image."""
+    idx = np.arange(len(labels))
+    train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(val)
+
+
+def limit_indices(idx: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A stratified subset of at most n of ``idx`` (for --smoke)."""
+    if n is None or n >= len(idx):
+        return idx
+    keep, _ = train_test_split(idx, train_size=n, random_state=seed, stratify=labels[idx])
+    return np.sort(keep)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.astype(np.float32) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3)) + 1e-6
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def prepare_trial_data(name: str, data_dir: Path, val_fraction: float, seed: int, download: bool = False,
+                       limit: int | None = None) -> TrialData:
+    part = load_part(name, data_dir, "train", download)
+    train_idx, val_idx = split_indices(part.labels, val_fraction, seed)
+    if limit is not None:
+        train_idx = limit_indices(train_idx, part.labels, limit, seed)
+        val_idx = limit_indices(val_idx, part.labels, max(limit // 4, part.labels.max() + 1), seed)
+    mean, std = channel_stats(part.images[train_idx])
+    return TrialData(name, part.images, part.labels, train_idx, val_idx, part.classes, mean, std)

@@ -1,0 +1,83 @@
+"""python -m tuner.run --space NAME: search a space with Ray Tune (ASHA + Optuna), track it in MLflow.
+
+Bad input (an unknown space, a malformed file, a missing data dir, an unreachable tracking server or Ray
+address) is one line on stderr and exit status 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Before Ray or MLflow are imported: no usage reporting; the classic progress table (it can be told
+# which columns matter); MLflow calls that fail fast instead of retrying for minutes mid-search.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from tuner.errors import UserError  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", default="quickstart", help="a shipped space name (see --list) or a path to a .yaml file")
+    p.add_argument("--list", action="store_true", help="list the shipped spaces and exit")
+    p.add_argument("--name", help="search name, for --resume and in MLflow (default: SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search called --name")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's num_samples)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the space's)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the space's resources.cpu)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions share a GPU: 0.25 runs four trials on one (default: the "
+                        "space's resources.gpu where the cluster has GPUs, else 0)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once at most (default: what resources allow)")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial from its last checkpoint")
+    p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
+    p.add_argument("--download", action="store_true", help="download a missing dataset with torchvision")
+    p.add_argument("--storage-path", default="ray_results", help="where Ray keeps results and checkpoints")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sqlite "
+                                          "store mlflow/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
+    p.add_argument("--address", help="Ray cluster to run on: auto, host:port or ray://host:port (default: a "
+                                     "local Ray started for this search)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the searcher and every trial")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a setting on top of the space, e.g. --set lr=0.001 (repeatable)")
+    p.add_argument("--grid", action="store_true", help="run the space's choices as an exhaustive grid instead of TPE")
+    p.add_argument("--smoke", action="store_true", help="a tiny budget that checks a space end to end "
+                                                        "(2 trials, 1 epoch, 1,024 training images)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.list:
+            from tuner.spaces import list_spaces
+
+            for name, desc in list_spaces():
+                print(f"{name:24} {desc}")
+            return 0
+        from tuner.driver import run_search
+
+        return run_search(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with --resume --name <the search's name>", file=sys.stderr)
+        return 130
+
+
+def default_name(space_name: str) -> str:
+    return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The search: a space -> a Ray Tune ``Tuner`` with ASHA (stops bad trials early) and Optuna (TPE).
+
+``SearchOptions`` gathers what the command line decides; ``build_tuner`` assembles Ray's own pieces
+(Tuner, TuneConfig, RunConfig, CheckpointConfig, FailureConfig, OptunaSearch, ASHAScheduler,
+with_parameters, with_resources) and nothing of its own but the trainable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.data import TrialData
+from tuner.spaces import Space
+from tuner.trial import train_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SMOKE = {"num_samples": 2, "max_epochs": 1, "train_images": 1024}   # --smoke: checks a space end to end
+
+
+@dataclass
+class SearchOptions:
+    name: str
+    storage_path: Path
+    num_samples: int
+    max_epochs: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None = None    # None: as many as the resources allow
+    seed: int = 0
+    max_failures: int = 1                # retries of a crashed trial, from its last checkpoint
+    grid: bool = False                   # every choice as an exhaustive grid instead of TPE
+    overrides: dict = field(default_factory=dict)
+    callbacks: list = field(default_factory=list)
+    verbose: int = 1
+
+    @property
+    def experiment_path(self) -> Path:
+        return self.storage_path / self.name
+
+
+def effective_space(space: Space, opts: SearchOptions) -> Space:
+    """The space with the command line's budget and ``--set`` overrides applied."""
+    grace = min(space.grace_period, opts.max_epochs)
+    search = {k: v for k, v in space.search.items() if k not in opts.overrides}
+    return dataclasses.replace(space, max_epochs=opts.max_epochs, grace_period=grace, num_samples=opts.num_samples,
+                               fixed={**space.fixed, **opts.overrides, "seed": opts.seed}, search=search)
+
+
+def make_searcher(space: Space, opts: SearchOptions):
+    if opts.grid:
+        return None   # Ray's default BasicVariantGenerator expands grid_search over the choices
+    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=min(10, max(3, space.num_samples // 4)))
+    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=space.start or None)
+    if opts.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
+    return searcher
+
+
+def make_scheduler(space: Space) -> ASHAScheduler:
+    # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
+    return ASHAScheduler(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
+                         reduction_factor=space.reduction_factor)
+
+
+def make_trainable(data: TrialData, opts: SearchOptions):
+    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    # with_parameters puts the dataset in Ray's object store once; every trial reads that one copy.
+    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+
+
+def trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"   # short, stable names: the config lives in params.json and MLflow
+
+
+def progress_table(space: Space) -> tune.CLIReporter:
+    metrics = {"epoch": "epoch", space.metric: space.metric, "val_loss": "val_loss", "train_loss": "train_loss"}
+    return tune.CLIReporter(parameter_columns=list(space.search), metric_columns=metrics, sort_by_metric=True,
+                            max_report_frequency=15, max_progress_rows=12)
+
+
+def tune_config(space: Space, opts: SearchOptions) -> tune.TuneConfig:
+    return tune.TuneConfig(
+        metric=space.metric, mode=space.mode, search_alg=make_searcher(space, opts),
+        scheduler=make_scheduler(space), num_samples=1 if opts.grid else space.num_samples,
+        max_concurrent_trials=opts.max_concurrent if opts.grid else None,
+        reuse_actors=True,   # a worker keeps its dataset on the device across trials
+        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+    )
+
+
+def run_config(space: Space, opts: SearchOptions) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=opts.name, storage_path=str(opts.storage_path), callbacks=opts.callbacks, verbose=opts.verbose,
+        progress_reporter=progress_table(space),
+        # Keep each trial's two best checkpoints (the best is scored on the test set) and its latest one
+        # (Ray always keeps the latest, for resuming). Ray snapshots the experiment every num_to_keep
+        # checkpoints of a trial, so 1 would snapshot after every epoch.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+    )
+
+
+def build_tuner(space: Space, data: TrialData, opts: SearchOptions) -> tune.Tuner:
+    space = effective_space(space, opts)
+    return tune.Tuner(make_trainable(data, opts),
+                      param_space=space.grid_space() if opts.grid else space.param_space(),
+                      tune_config=tune_config(space, opts), run_config=run_config(space, opts))
+
+
+def asha_rung(epoch: int, grace: int, factor: int) -> int | None:
+    """Index of the ASHA rung at ``epoch`` (milestones grace * factor**k), or None if it is not one."""
+    k, milestone = 0, grace
+    while milestone < epoch:
+        milestone, k = milestone * factor, k + 1
+    return k if milestone == epoch else None
+
+
+def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epochs: int) -> str:
+    """Why a trial ended: an error, its own word (completed, early-stopped, invalid), or ASHA's stop."""
+    if error:
+        lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
+        return f"failed: {lines[-1].strip()[:300] if lines else 'error'}"
+    if last.get("end_reason"):
+        return last["end_reason"]
+    epoch = int(last.get("epoch", 0) or 0)
+    if 0 < epoch < max_epochs:
+        rung = asha_rung(epoch, grace, factor)
+        return f"stopped by ASHA at epoch {epoch}" + (f" (rung {rung})" if rung is not None else "")
+    return "completed" if epoch >= max_epochs else "stopped before its first epoch"

@@ -1,0 +1,309 @@
+"""Search-space files: find, load, validate, and turn into a Ray Tune param space.
+
+A space file (YAML) names a dataset, a registered model, fixed settings, the searched hyperparameters with
+their distributions, the metric, the ASHA settings, the number of trials and the default resources; see
+README.md ("Writing a space file"). Everything is checked when the file is loaded, and each problem is one
+line naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+import search_spaces
+from models import MODELS
+from tuner.data import DATASETS
+from tuner.errors import UserError
+from tuner.train import AUGMENTS, OPTIMIZERS, SCHEDULES, TRAIN_KEYS
+
+SPACES_DIR = Path(search_spaces.__file__).parent
+METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
+            "num_samples", "resources", "reference", "start")
+SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor")
+RESOURCE_KEYS = ("cpu", "gpu")
+# Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
+RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
+# Settings with a closed set of values, checked at load time wherever they appear.
+ENUMS = {"optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "augment": AUGMENTS,
+         "early_stop_on": ("val_loss", "val_accuracy")}
+# Distribution -> (number of arguments, builder). "int" bounds are inclusive at both ends.
+DISTRIBUTIONS = {
+    "choice": (None, lambda v: tune.choice(v)),
+    "uniform": (2, lambda a: tune.uniform(*a)),
+    "quniform": (3, lambda a: tune.quniform(*a)),
+    "loguniform": (2, lambda a: tune.loguniform(*a)),
+    "qloguniform": (3, lambda a: tune.qloguniform(*a)),
+    "int": (2, lambda a: tune.randint(int(a[0]), int(a[1]) + 1)),
+    "qint": (3, lambda a: tune.qrandint(int(a[0]), int(a[1]), int(a[2]))),
+    "logint": (2, lambda a: tune.lograndint(int(a[0]), int(a[1]) + 1)),
+}
+NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+@dataclass
+class Space:
+    name: str
+    path: Path
+    description: str
+    dataset: str
+    model: str
+    fixed: dict[str, Any]
+    search: dict[str, tuple[str, Any]]          # key -> (distribution, arguments)
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    max_epochs: int = 10
+    grace_period: int = 1
+    reduction_factor: int = 3
+    num_samples: int = 10
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    val_fraction: float = 0.1
+    reference: list[dict] = field(default_factory=list)
+    start: list[dict] = field(default_factory=list)
+
+    def param_space(self) -> dict[str, Any]:
+        """Fixed settings and Ray Tune domains for the searched ones, as one flat dict."""
+        space = {**self.fixed, "model": self.model, "dataset": self.dataset, "metric": self.metric,
+                 "mode": self.mode, "max_epochs": self.max_epochs}
+        for key, (kind, args) in self.search.items():
+            space[key] = DISTRIBUTIONS[kind][1](args)
+        return space
+
+    def grid_space(self) -> dict[str, Any]:
+        """Every ``choice`` as an exhaustive grid (Ray's grid_search); other distributions stay random."""
+        space = self.param_space()
+        for key, (kind, args) in self.search.items():
+            if kind == "choice":
+                space[key] = tune.grid_search(list(args))
+        return space
+
+
+# ---- finding ---------------------------------------------------------------------------------------------
+
+def list_spaces() -> list[tuple[str, str]]:
+    """(name, one-line description) of every shipped space."""
+    out = []
+    for path in sorted(SPACES_DIR.glob("*.yaml")):
+        try:
+            desc = load_space(str(path)).description
+        except UserError as exc:
+            desc = f"(broken: {exc})"
+        out.append((path.stem, desc.strip().splitlines()[0] if desc.strip() else ""))
+    return out
+
+
+def find_space(name: str) -> Path:
+    """A shipped space by name, or a user's file by path. Never walks a path built from a name."""
+    if name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name or ".." in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"space file {name} does not exist; give a file path or one of: {_names()}")
+        return path.resolve()
+    path = SPACES_DIR / f"{name}.yaml"
+    if not NAME_RE.match(name) or not path.is_file():
+        raise UserError(f"unknown space {name!r}; known spaces: {_names()} (or give a path to a .yaml file)")
+    return path
+
+
+def _names() -> str:
+    return ", ".join(p.stem for p in sorted(SPACES_DIR.glob("*.yaml")))
+
+
+# ---- loading and checking --------------------------------------------------------------------------------
+
+class _Checker:
+    """Raises one-line UserErrors that name the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, msg: str):
+        raise UserError(f"{self.path}: {key}: {msg}")
+
+    def number(self, key: str, value, kind=float):
+        # PyYAML reads 1e-4 (no dot) as a string: accept any number written as text.
+        if isinstance(value, bool):
+            self.fail(key, f"{value!r} is not a number")
+        try:
+            num = float(value)
+        except (TypeError, ValueError):
+            self.fail(key, f"{value!r} is not a number")
+        if kind is int and num != int(num):
+            self.fail(key, f"{value!r} is not a whole number")
+        return int(num) if kind is int else num
+
+    def mapping(self, key: str, value) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a mapping of keys to values, got {type(value).__name__}")
+        return value
+
+    def one_of(self, key: str, value, allowed):
+        if value not in allowed:
+            self.fail(key, f"{value!r} is not allowed; use one of: {', '.join(map(str, allowed))}")
+        return value
+
+
+TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "any": (str, int, float, bool)}
+
+
+def setting_types(model: str) -> dict[str, tuple[type, ...]]:
+    """Every setting a space may fix or search for ``model``, with the Python types it accepts."""
+    annotated = {**TRAIN_KEYS, **MODELS[model].params}
+    out = {}
+    for key, text in annotated.items():
+        out[key] = tuple({t for part in text.split("|") for t in TYPES.get(part.strip(), TYPES["any"])})
+    return out
+
+
+def allowed_list(model: str) -> str:
+    return ", ".join(sorted(k for k in setting_types(model) if k not in RESERVED))
+
+
+def _check_value(c: _Checker, key: str, value, types: tuple[type, ...], name: str) -> Any:
+    if isinstance(value, str) and str not in types and value.strip().lower() not in ("none", "null"):
+        value = c.number(key, value, int if float not in types else float)  # 1e-4 arrives as a string
+    if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+        wanted = " or ".join(t.__name__ for t in types)
+        hint = " (write layer widths as a string: '64-128')" if isinstance(value, list) else ""
+        c.fail(key, f"{value!r} is not a {wanted}{hint}")
+    if name in ENUMS:
+        c.one_of(key, value, ENUMS[name])
+    return value
+
+
+def _check_distribution(c: _Checker, key: str, name: str, spec, types: tuple[type, ...]) -> tuple[str, Any]:
+    allowed = ", ".join(DISTRIBUTIONS)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        c.fail(key, f"expected one distribution such as {{loguniform: [1.0e-4, 1.0e-2]}}; kinds: {allowed}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        c.fail(key, f"unknown distribution {kind!r}; use one of: {allowed}")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            c.fail(key, "choice needs a non-empty list of values")
+        return kind, [_check_value(c, f"{key}.choice", v, types, name) for v in args]
+    n_args = DISTRIBUTIONS[kind][0]
+    if not isinstance(args, list) or len(args) != n_args:
+        shape = "[low, high]" if n_args == 2 else "[low, high, q]"
+        c.fail(key, f"{kind} takes {shape}, got {args!r}")
+    as_int = kind in ("int", "qint", "logint")
+    if not as_int and float not in types:
+        c.fail(key, f"{name} takes {' or '.join(t.__name__ for t in types)} values; use int, qint, logint or choice")
+    nums = [c.number(key, a, int if as_int else float) for a in args]
+    if nums[0] >= nums[1]:
+        c.fail(key, f"{kind} needs low < high, got {nums[0]} and {nums[1]}")
+    if kind.startswith(("log", "qlog")) and nums[0] <= 0:
+        c.fail(key, f"{kind} needs low > 0, got {nums[0]}")
+    if n_args == 3 and nums[2] <= 0:
+        c.fail(key, f"{kind} needs q > 0, got {nums[2]}")
+    return kind, nums
+
+
+def _check_params(c: _Checker, raw: dict, model: str) -> tuple[dict, dict]:
+    allowed = setting_types(model)
+    fixed, search = c.mapping("fixed", raw.get("fixed")), c.mapping("search", raw.get("search"))
+    for section, values in (("fixed", fixed), ("search", search)):
+        for name in values:
+            if name in RESERVED:
+                c.fail(f"{section}.{name}", f"is set by the space's top level ({', '.join(RESERVED)}), not here")
+            if name not in allowed:
+                c.fail(f"{section}.{name}", f"unknown setting for model {model}; allowed: {allowed_list(model)}")
+    for name in set(fixed) & set(search):
+        c.fail(f"search.{name}", "is also in fixed; a setting is either fixed or searched")
+    fixed = {k: _check_value(c, f"fixed.{k}", v, allowed[k], k) for k, v in fixed.items()}
+    search = {k: _check_distribution(c, f"search.{k}", k, v, allowed[k]) for k, v in search.items()}
+    return fixed, search
+
+
+def _check_scheduler(c: _Checker, raw: dict) -> dict:
+    sched = c.mapping("scheduler", raw.get("scheduler"))
+    for k in sched:
+        if k not in SCHEDULER_KEYS:
+            c.fail(f"scheduler.{k}", f"unknown key; allowed: {', '.join(SCHEDULER_KEYS)}")
+    out = {k: c.number(f"scheduler.{k}", v, int) for k, v in sched.items()}
+    max_epochs, grace = out.get("max_epochs", 10), out.get("grace_period", 1)
+    if max_epochs < 1 or grace < 1 or grace > max_epochs:
+        c.fail("scheduler", f"need 1 <= grace_period ({grace}) <= max_epochs ({max_epochs})")
+    if out.get("reduction_factor", 3) < 2:
+        c.fail("scheduler.reduction_factor", "must be at least 2")
+    return out
+
+
+def _check_resources(c: _Checker, raw: dict) -> dict:
+    res = c.mapping("resources", raw.get("resources"))
+    for k in res:
+        if k not in RESOURCE_KEYS:
+            c.fail(f"resources.{k}", f"unknown key; allowed: {', '.join(RESOURCE_KEYS)}")
+    out = {"cpu": 1.0, "gpu": 0.0, **{k: c.number(f"resources.{k}", v) for k, v in res.items()}}
+    if out["cpu"] <= 0 or out["gpu"] < 0:
+        c.fail("resources", "cpu must be > 0 and gpu >= 0")
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a space file is a YAML mapping (description:, dataset:, model:, ...)")
+    return raw
+
+
+def load_space(name_or_path: str) -> Space:
+    path = find_space(name_or_path)
+    raw, c = _read_yaml(path), _Checker(path)
+    for key in raw:
+        if key not in TOP_KEYS:
+            c.fail(key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+    for key in ("description", "dataset", "model"):
+        if not raw.get(key):
+            c.fail(key, "is required")
+    c.one_of("dataset", raw["dataset"], list(DATASETS))
+    c.one_of("model", raw["model"], sorted(MODELS))
+    fixed, search = _check_params(c, raw, raw["model"])
+    if not search:
+        c.fail("search", "names no hyperparameter to search")
+    metric = c.one_of("metric", raw.get("metric", "val_accuracy"), METRICS)
+    mode = c.one_of("mode", raw.get("mode", "min" if metric.endswith("loss") else "max"), ("max", "min"))
+    val_fraction = c.number("val_fraction", raw.get("val_fraction", 0.1))
+    if not 0 < val_fraction < 1:
+        c.fail("val_fraction", f"must be between 0 and 1, got {val_fraction}")
+    num_samples = c.number("num_samples", raw.get("num_samples", 10), int)
+    if num_samples < 1:
+        c.fail("num_samples", "must be at least 1")
+    start = raw.get("start") or []
+    if not isinstance(start, list) or not all(isinstance(p, dict) and set(p) <= set(search) for p in start):
+        c.fail("start", "must be a list of mappings that give values of searched keys")
+    reference = raw.get("reference") or []
+    if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
+        c.fail("reference", "must be a list of mappings (the settings and the figure a report reached)")
+    return Space(name=path.stem, path=path, description=str(raw["description"]).strip(), dataset=raw["dataset"],
+                 model=raw["model"], fixed=fixed, search=search, metric=metric, mode=mode,
+                 num_samples=num_samples, resources=_check_resources(c, raw), val_fraction=val_fraction,
+                 reference=reference, start=start, **_check_scheduler(c, raw))
+
+
+def parse_override(text: str, space: Space) -> tuple[str, Any]:
+    """``--set key=value``: fix a setting (value read as YAML) on top of the space; checked like ``fixed``."""
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set lr=0.001")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    allowed = setting_types(space.model)
+    if key not in allowed or key in RESERVED:
+        raise UserError(f"--set {key}: unknown setting for model {space.model}; allowed: {allowed_list(space.model)}")
+    return key, _check_value(_Checker(Path("command line")), f"--set {key}", yaml.safe_load(value), allowed[key], key)

@@ -1,0 +1,258 @@
+"""MLflow bookkeeping of a search: one parent run per search, one nested child run per trial.
+
+All writes happen in the driver: Ray workers never talk to MLflow, so an sqlite store works for any
+number of trials, and a tracking server needs to be reachable from the driver only.
+
+Ray's own ``MLflowLoggerCallback`` writes flat, unrelated runs (ray issues 19978, 19909) and cannot adopt
+the runs of an interrupted search, so ``TrialRuns`` is a small ``ray.tune.Callback`` of our own: it nests
+each trial's run under the search's run (the ``mlflow.parentRunId`` tag), finds the runs a resumed search
+already has (by the ``tuner.trial_id`` tag) and never logs a step twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from tuner.errors import UserError
+from tuner.search import end_reason
+
+log = logging.getLogger("tuner.tracking")
+
+PARENT_TAG = "mlflow.parentRunId"
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
+                 "images_per_second", "epoch")
+OFFLINE_RETRY_SECONDS = 30.0   # after a failed write, skip MLflow this long instead of stalling the search
+FAILED = object()              # what SafeClient.call returns when MLflow did not take the call
+
+
+def default_store_dir() -> Path:
+    return Path(os.environ.get("TUNER_MLFLOW_DIR") or "mlflow").resolve()
+
+
+def resolve_tracking_uri(arg: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store under ./mlflow/."""
+    uri = arg or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    store = default_store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside an sqlite store; the server decides otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts" / experiment).as_uri()
+    return None
+
+
+def check_tracking(uri: str) -> MlflowClient:
+    """Fail in one line, before any trial starts, if the tracking store cannot be used."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            reply = requests.get(uri.rstrip("/") + "/health", timeout=5)
+        except requests.RequestException as exc:
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start one with "
+                            f"`mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri") from None
+        if reply.status_code != 200:
+            raise UserError(f"{uri} answered {reply.status_code} to /health: is it an MLflow tracking server?")
+    elif scheme not in ("sqlite", "file", "postgresql", "mysql", "databricks", ""):
+        raise UserError(f"tracking URI {uri} has an unsupported scheme {scheme!r}; use http(s)://host:port or "
+                        f"sqlite:///path/mlflow.db")
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"MLflow tracking store {uri} cannot be used: {first[:300]}") from None
+    return client
+
+
+class SafeClient:
+    """An MlflowClient whose failures are recorded, not raised: a tracking server that goes away must not
+    kill the search. After a failure it stays quiet for OFFLINE_RETRY_SECONDS, then tries again."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        self.missed: list[str] = []
+        self._offline_until = 0.0
+
+    def call(self, what: str, method: str, *args, **kwargs):
+        if time.monotonic() < self._offline_until:
+            self.missed.append(what)
+            return FAILED
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except Exception as exc:
+            if time.monotonic() >= self._offline_until:
+                log.warning("MLflow at %s failed (%s: %s); not logged: %s. The search goes on.",
+                            self.uri, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", what)
+            self._offline_until = time.monotonic() + OFFLINE_RETRY_SECONDS
+            self.missed.append(what)
+            return FAILED
+
+    def __getstate__(self):
+        return {"uri": self.uri, "missed": self.missed}   # Ray pickles callbacks; clients do not travel
+
+    def __setstate__(self, state):
+        self.__init__(state["uri"])
+        self.missed = state["missed"]
+
+
+def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+
+def find_parent_run(client: MlflowClient, experiment_id: str, search_name: str, storage: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`tuner.search` = '{search_name}'",
+                              max_results=50)
+    runs = [r for r in runs if r.data.tags.get("tuner.storage") == storage and PARENT_TAG not in r.data.tags]
+    return runs[0] if runs else None
+
+
+def flat_params(config: dict) -> list[Param]:
+    return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
+
+
+class TrialRuns(Callback):
+    """Ray Tune callback: a nested MLflow child run per trial, metrics every epoch with step=epoch."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, asha: tuple[int, int, int]):
+        self.mlflow = SafeClient(uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.asha = asha                       # (grace_period, reduction_factor, max_epochs)
+        self.runs: dict[str, str] = {}         # trial id -> run id
+        self.logged: dict[str, int] = {}       # run id -> last epoch logged
+
+    def setup(self, **info):
+        """Adopt the child runs this search already has (a resumed search continues them)."""
+        runs = self.mlflow.call("existing trial runs", "search_runs", [self.experiment_id],
+                                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=10000)
+        for run in [] if runs is FAILED else runs:
+            trial_id = run.data.tags.get("tuner.trial_id")
+            if trial_id:
+                self.runs[trial_id] = run.info.run_id
+                self.logged[run.info.run_id] = int(run.data.metrics.get("epoch", 0))
+
+    def run_id(self, trial) -> str | None:
+        if trial.trial_id not in self.runs:
+            tags = {PARENT_TAG: self.parent_run_id, "tuner.trial_id": trial.trial_id}
+            run = self.mlflow.call(f"run of trial {trial.trial_id}", "create_run", self.experiment_id,
+                                   run_name=f"trial_{trial.trial_id}", tags=tags)
+            if run is FAILED:
+                return None
+            self.runs[trial.trial_id] = run.info.run_id
+            self.logged[run.info.run_id] = 0
+            self.mlflow.call(f"params of trial {trial.trial_id}", "log_batch", run.info.run_id,
+                             params=flat_params(trial.config))
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        if run_id:
+            self.mlflow.call(f"status of trial {trial.trial_id}", "update_run", run_id, status="RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_id(trial)
+        epoch = int(result.get("epoch", 0))
+        if run_id is None or epoch <= self.logged.get(run_id, 0):
+            return   # epoch 0 is a rejected config; an epoch already logged is a replay after a restore
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), now, epoch) for k in EPOCH_METRICS if k in result]
+        if self.mlflow.call(f"epoch {epoch} of trial {trial.trial_id}", "log_batch", run_id,
+                            metrics=metrics) is not FAILED:
+            self.logged[run_id] = epoch
+
+    def _finish(self, trial, status: str):
+        run_id = self.run_id(trial)
+        if run_id is None:
+            return
+        reason = end_reason(getattr(trial, "error_msg", None) if trial.status == "ERROR" else None,
+                            trial.last_result or {}, *self.asha)
+        tags = [RunTag("tuner.end_reason", reason), RunTag("tuner.status", trial.status)]
+        self.mlflow.call(f"end of trial {trial.trial_id}", "log_batch", run_id, tags=tags)
+        self.mlflow.call(f"end of trial {trial.trial_id}", "set_terminated", run_id, status=status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "FAILED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        if run_id:
+            retries = int(trial.run_metadata.num_failures)
+            self.mlflow.call(f"retry of trial {trial.trial_id}", "set_tag", run_id, "tuner.retries", str(retries))
+
+
+# ---- the search's own run --------------------------------------------------------------------------------
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def start_search_run(client: MlflowClient, uri: str, experiment: str, search: str, storage: str,
+                     tags: dict[str, str], params: dict) -> tuple[str, str]:
+    """(experiment id, parent run id): the search's run, created, or adopted when the search resumes."""
+    experiment_id = ensure_experiment(client, uri, experiment)
+    run = find_parent_run(client, experiment_id, search, storage)
+    if run is None:
+        all_tags = {"tuner.search": search, "tuner.storage": storage, **tags}
+        commit = git_commit()
+        if commit:
+            all_tags["mlflow.source.git.commit"] = commit
+        run = client.create_run(experiment_id, run_name=search, tags=all_tags)
+        client.log_batch(run.info.run_id, params=flat_params(params))
+    else:
+        client.update_run(run.info.run_id, status="RUNNING")
+    return experiment_id, run.info.run_id
+
+
+def finish_search_run(uri: str, run_id: str, board, board_csv: Path, space, test: dict | None,
+                      best_trial_id: str | None, trial_runs: "TrialRuns") -> list[str]:
+    """Leaderboard, best score and test score on the search's run (and the test score on the best trial's
+    run); returns every MLflow write of the search that failed."""
+    safe = SafeClient(uri)
+    metric = f"best_{space.metric}"
+    metrics = {"trials": float(len(board))}
+    if best_trial_id is not None:
+        metrics[metric] = float(board.iloc[0][metric])
+    if test:
+        metrics.update(test_accuracy=test["test_accuracy"], test_loss=test["test_loss"])
+        child = trial_runs.runs.get(best_trial_id)
+        if child:
+            safe.call("test score of the best trial", "log_batch", child,
+                      metrics=[Metric(k, float(test[k]), int(time.time() * 1000), 0)
+                               for k in ("test_accuracy", "test_loss")],
+                      tags=[RunTag("tuner.best_trial", "true")])
+    now = int(time.time() * 1000)
+    safe.call("search metrics", "log_batch", run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+              tags=[RunTag("tuner.best_trial_id", str(best_trial_id))])
+    safe.call("leaderboard.csv", "log_artifact", run_id, str(board_csv))
+    safe.call("end of the search run", "set_terminated", run_id, status="FINISHED")
+    return trial_runs.mlflow.missed + safe.missed
