@@ -45,3 +45,15 @@ def search_args(tmp_path: Path, *args: str) -> list[str]:
     """CLI arguments that keep a search's Ray results and MLflow store inside ``tmp_path``."""
     return ["--storage-path", str(tmp_path / "ray_results"),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args]
+
+
+@pytest.fixture(scope="session")
+def quickstart(ray_session, tmp_path_factory):
+    """One full quickstart search into the embedded sqlite store: (exit code, folder, leaderboard)."""
+    import pandas as pd
+
+    from tuner.run import main
+
+    tmp = tmp_path_factory.mktemp("quickstart")
+    code = main(search_args(tmp, "--space", "quickstart", "--name", "qs"))
+    return code, tmp, pd.read_csv(tmp / "ray_results" / "qs" / "leaderboard.csv")

@@ -21,14 +21,6 @@ def runs_of(db, experiment: str):
     return client, parents, children
 
 
-@pytest.fixture(scope="module")
-def quickstart(ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("quickstart")
-    code = main(search_args(tmp, "--space", "quickstart", "--name", "qs"))
-    board = pd.read_csv(tmp / "ray_results" / "qs" / "leaderboard.csv")
-    return code, tmp, board
-
-
 def test_quickstart_finishes_and_beats_chance_by_a_wide_margin(quickstart):
     code, tmp, board = quickstart
     assert code == 0

@@ -1,7 +1,7 @@
-"""What ``python -m tuner.run`` does, in order: check every input, then search, then report.
+"""What ``python -m tuner.run`` does, in order: check every input, then search, then conclude.
 
 Everything that can be wrong with the input (space, data, tracking store, Ray address, resources) is
-checked before the first trial starts.
+checked before the first trial starts; the tracking store before Ray is even started.
 """
 
 from __future__ import annotations
@@ -11,23 +11,15 @@ import logging
 import shlex
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.data import TrialData, load_part, prepare_trial_data, resolve_data_dir
 from tuner.errors import UserError
-from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space
+from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_settings
 from tuner.spaces import Space, load_space, parse_override
+from tuner.tracking import Tracking
 
 log = logging.getLogger("tuner")
-
-
-@dataclass
-class Tracking:
-    uri: str
-    client: object
-    experiment_id: str
-    parent_run_id: str
 
 
 def connect_ray(address: str | None) -> dict:
@@ -66,29 +58,6 @@ def trial_resources(args: argparse.Namespace, space: Space, cluster: dict) -> tu
     return cpus, gpus
 
 
-def search_tags(args, space: Space, name: str, storage: Path) -> tuple[dict, dict]:
-    tags = {"tuner.space": space.name, "tuner.command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "mlflow.note.content": space.description}
-    params = {"space": space.name, "dataset": space.dataset, "model": space.model, "metric": space.metric,
-              "mode": space.mode, "max_epochs": space.max_epochs, "grace_period": space.grace_period,
-              "reduction_factor": space.reduction_factor, "num_samples": space.num_samples,
-              "searcher": "grid" if args.grid else "optuna-tpe", "scheduler": "asha", "seed": args.seed,
-              "val_fraction": space.val_fraction, "storage_path": str(storage)}
-    return tags, params
-
-
-def open_tracking(args, space: Space, name: str, storage: Path) -> Tracking:
-    from tuner.tracking import check_tracking, resolve_tracking_uri, start_search_run
-
-    uri = resolve_tracking_uri(args.tracking_uri)
-    client = check_tracking(uri)
-    tags, params = search_tags(args, space, name, storage)
-    experiment_id, run_id = start_search_run(client, uri, args.experiment or space.name, name, str(storage),
-                                             tags, params)
-    client.log_artifact(run_id, str(space.path))
-    return Tracking(uri, client, experiment_id, run_id)
-
-
 def check_name(opts: SearchOptions, resume: bool) -> None:
     from ray import tune
 
@@ -114,8 +83,6 @@ def budget(args, space: Space) -> tuple[int, int, int | None]:
 def make_tuner(args, space: Space, data: TrialData, opts: SearchOptions):
     from ray import tune
 
-    from tuner.search import make_trainable
-
     if not args.resume:
         return build_tuner(space, data, opts)
     eff = effective_space(space, opts)
@@ -124,78 +91,44 @@ def make_tuner(args, space: Space, data: TrialData, opts: SearchOptions):
                               resume_unfinished=True, resume_errored=True)
 
 
+def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions) -> Tracking:
+    """The search's MLflow run (created, or adopted on --resume) and the callback for its trials' runs."""
+    from tuner.tracking import TrialRuns, start_search_run
+
+    command = shlex.join(["python -m tuner.run", *sys.argv[1:]]) if sys.argv[0].endswith("run.py") else \
+        shlex.join(sys.argv)
+    tags = {"tuner.space": space.name, "tuner.command": command, "mlflow.note.content": space.description}
+    settings = search_settings(space, opts)
+    experiment_id, run_id = start_search_run(client, uri, args.experiment or space.name, opts.name,
+                                             str(opts.storage_path), tags, settings)
+    client.log_artifact(run_id, str(space.path))
+    client.log_dict(run_id, settings, "search_settings.json")
+    callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs))
+    return Tracking(uri, experiment_id, run_id, callback)
+
+
 def run_search(args: argparse.Namespace) -> int:
+    from tuner.outcome import conclude
     from tuner.run import default_name
-    from tuner.tracking import TrialRuns
+    from tuner.tracking import check_tracking, resolve_tracking_uri
 
     space = load_space(args.space)
     overrides = dict(parse_override(o, space) for o in args.overrides)
     if args.resume and not args.name:
         raise UserError("--resume needs --name: the name of the search to continue")
-    name = args.name or default_name(space.name)
     num_samples, max_epochs, limit = budget(args, space)
     data_dir = resolve_data_dir(args.data_dir)
     data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
-    opts = SearchOptions(name, Path(args.storage_path).expanduser().resolve(), num_samples, max_epochs, 1, 0,
-                         args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
+    opts = SearchOptions(args.name or default_name(space.name), Path(args.storage_path).expanduser().resolve(),
+                         num_samples, max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures,
+                         args.grid, overrides)
     check_name(opts, args.resume)
-    eff = effective_space(space, opts)
-    tracking = open_tracking(args, eff, name, opts.storage_path)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = check_tracking(uri)                        # before Ray starts
     opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, connect_ray(args.address))
-    opts.callbacks = [TrialRuns(tracking.uri, tracking.experiment_id, tracking.parent_run_id,
-                                (eff.grace_period, eff.reduction_factor, eff.max_epochs))]
+    eff = effective_space(space, opts)
+    tracking = start_tracking(args, uri, client, eff, opts)
+    opts.callbacks = [tracking.trial_runs]
     results = make_tuner(args, space, data, opts).fit()
-    return finish(results, eff, data, load_part(space.dataset, data_dir, "test", args.download), opts, tracking)
-
-
-def finish(results, space: Space, data: TrialData, test_set, opts: SearchOptions, tracking: Tracking) -> int:
-    """Leaderboard, the best trial's best checkpoint on the test set, MLflow, and the printout."""
-    from tuner.evaluation import load_trial_model, score
-    from tuner.summary import leaderboard, print_summary, trial_id_of
-    from tuner.tracking import finish_search_run
-
-    board = leaderboard(results, space)
-    scored = board[board[f"best_{space.metric}"].notna() & (board["epochs"] > 0)] if len(board) else board
-    by_id = {trial_id_of(r): r for r in results}
-    board_csv = opts.experiment_path / "leaderboard.csv"
-    board.to_csv(board_csv, index=False)
-    test, best_config = None, {}
-    if len(scored):
-        best = by_id[scored.iloc[0]["trial_id"]]      # the leaderboard's first, so the two always agree
-        best_config = {k: v for k, v in best.config.items() if k in space.search}
-        checkpoint = best.get_best_checkpoint(space.metric, space.mode) or best.checkpoint
-        with checkpoint.as_directory() as folder:
-            model = load_trial_model(best.config, folder, data)
-        test = {**score(model, test_set), "test_images": len(test_set)}
-    missed = finish_search_run(tracking.uri, tracking.parent_run_id, board, board_csv, space, test,
-                               scored.iloc[0]["trial_id"] if len(scored) else None, opts.callbacks[0])
-    print_summary(board, space, best_config, test, where(opts, tracking, missed, space.path))
-    if not len(scored):
-        print("error: no trial finished an epoch; see the errors above and in the results folder", file=sys.stderr)
-        return 1
-    return 0
-
-
-def ui_command(uri: str) -> str:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        try:
-            db = db.relative_to(Path.cwd())
-        except ValueError:
-            pass
-        return f"mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1 --port 5000"
-    return f"open {uri} in a browser"
-
-
-def where(opts: SearchOptions, tracking: Tracking, missed: list[str], space_path: Path) -> dict:
-    from tuner.spaces import SPACES_DIR
-
-    space_arg = space_path.stem if space_path.parent == SPACES_DIR else str(space_path)
-    out = {"results": str(opts.experiment_path), "leaderboard": str(opts.experiment_path / "leaderboard.csv"),
-           "MLflow store": tracking.uri, "MLflow run": f"experiment {tracking.experiment_id}, run "
-                                                       f"{tracking.parent_run_id}",
-           "open the UI": ui_command(tracking.uri),
-           "resume with": f"python -m tuner.run --space {space_arg} --name {opts.name} --resume"}
-    if missed:
-        out["not in MLflow"] = f"{len(missed)} writes failed (first: {missed[0]})"
-    return out
+    test_set = load_part(space.dataset, data_dir, "test", args.download)
+    return conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)

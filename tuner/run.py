@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from tuner.errors import UserError  # noqa: E402
@@ -44,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sqlite "
                                           "store mlflow/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
+    p.add_argument("--log-top-k", type=int, default=1, metavar="K",
+                   help="log and register the K best trials' models in MLflow (the best is aliased champion)")
     p.add_argument("--address", help="Ray cluster to run on: auto, host:port or ray://host:port (default: a "
                                      "local Ray started for this search)")
     p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the searcher and every trial")

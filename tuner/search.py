@@ -54,10 +54,15 @@ def effective_space(space: Space, opts: SearchOptions) -> Space:
                                fixed={**space.fixed, **opts.overrides, "seed": opts.seed}, search=search)
 
 
+def startup_trials(space: Space) -> int:
+    """Random trials before TPE models the results: a quarter of the budget, 3 to 10."""
+    return min(10, max(3, space.num_samples // 4))
+
+
 def make_searcher(space: Space, opts: SearchOptions):
     if opts.grid:
         return None   # Ray's default BasicVariantGenerator expands grid_search over the choices
-    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=min(10, max(3, space.num_samples // 4)))
+    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup_trials(space))
     searcher = OptunaSearch(sampler=sampler, points_to_evaluate=space.start or None)
     if opts.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
@@ -107,6 +112,24 @@ def run_config(space: Space, opts: SearchOptions) -> tune.RunConfig:
                                                 checkpoint_score_order=space.mode),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
     )
+
+
+def search_settings(space: Space, opts: SearchOptions) -> dict:
+    """The resolved search: what was searched, how, and on what (logged as params and as a JSON artifact)."""
+    searcher = {"searcher": "grid (BasicVariantGenerator)"} if opts.grid else {
+        "searcher": "OptunaSearch (TPESampler)", "searcher_seed": opts.seed, "startup_trials": startup_trials(space),
+        "start_points": len(space.start)}
+    return {
+        "space": space.name, "space_file": str(space.path), "dataset": space.dataset, "model": space.model,
+        "metric": space.metric, "mode": space.mode, "val_fraction": space.val_fraction, "seed": opts.seed,
+        "num_samples": space.num_samples, **searcher,
+        "scheduler": "ASHAScheduler", "time_attr": "epoch", "max_t": space.max_epochs,
+        "grace_period": space.grace_period, "reduction_factor": space.reduction_factor,
+        "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
+        "max_concurrent": opts.max_concurrent or "auto", "max_failures": opts.max_failures,
+        "storage_path": str(opts.storage_path), "fixed": space.fixed,
+        "search": {k: {kind: args} for k, (kind, args) in space.search.items()},
+    }
 
 
 def build_tuner(space: Space, data: TrialData, opts: SearchOptions) -> tune.Tuner:

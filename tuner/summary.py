@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 from ray.tune import ResultGrid
@@ -72,3 +73,35 @@ def print_summary(board: pd.DataFrame, space: Space, best_config: dict, test: di
     print()
     for label, value in where.items():
         print(f"{label:>14}: {value}")
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        try:
+            db = db.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        return f"mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1 --port 5000"
+    return f"open {uri} in a browser"
+
+
+def where(opts, tracking, missed: list[str], space_path: Path, registered: dict | None) -> dict:
+    """The closing lines: where the results are, how to look at them, how to resume."""
+    from tuner.spaces import SPACES_DIR
+
+    space_arg = space_path.stem if space_path.parent == SPACES_DIR else str(space_path)
+    out = {"results": str(opts.experiment_path), "leaderboard": str(opts.experiment_path / "leaderboard.csv"),
+           "MLflow store": tracking.uri,
+           "MLflow run": f"experiment {tracking.experiment_id}, run {tracking.parent_run_id}",
+           "open the UI": ui_command(tracking.uri)}
+    if registered:
+        note = f" (version {registered['version']})"
+        if registered["alias"] == "challenger":
+            note += (f"; the champion scored {registered['previous_champion_test_accuracy']:.4f} on the test set "
+                     f"and stays")
+        out["best model"] = registered["uri"] + note
+    out["resume with"] = f"python -m tuner.run --space {space_arg} --name {opts.name} --resume"
+    if missed:
+        out["not in MLflow"] = f"{len(missed)} writes failed (first: {missed[0]})"
+    return out

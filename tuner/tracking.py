@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,6 +32,16 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
                  "images_per_second", "epoch")
 OFFLINE_RETRY_SECONDS = 30.0   # after a failed write, skip MLflow this long instead of stalling the search
 FAILED = object()              # what SafeClient.call returns when MLflow did not take the call
+
+
+@dataclass
+class Tracking:
+    """Where a search is tracked: the store, the experiment, the search's run, the trials' callback."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    trial_runs: "TrialRuns"
 
 
 def default_store_dir() -> Path:
@@ -89,6 +100,10 @@ class SafeClient:
         self.missed: list[str] = []
         self._offline_until = 0.0
 
+    @property
+    def offline(self) -> bool:
+        return time.monotonic() < self._offline_until
+
     def call(self, what: str, method: str, *args, **kwargs):
         if time.monotonic() < self._offline_until:
             self.missed.append(what)
@@ -127,8 +142,15 @@ def find_parent_run(client: MlflowClient, experiment_id: str, search_name: str, 
     return runs[0] if runs else None
 
 
-def flat_params(config: dict) -> list[Param]:
-    return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
+def flat_params(config: dict, prefix: str = "") -> list[Param]:
+    """MLflow params from a dict; nested dicts become dotted keys (``search.lr``)."""
+    out = []
+    for k, v in sorted(config.items()):
+        if isinstance(v, dict):
+            out += flat_params(v, f"{prefix}{k}.")
+        else:
+            out.append(Param(f"{prefix}{k}", str(v)[:6000]))
+    return out
 
 
 class TrialRuns(Callback):
@@ -233,26 +255,28 @@ def start_search_run(client: MlflowClient, uri: str, experiment: str, search: st
     return experiment_id, run.info.run_id
 
 
-def finish_search_run(uri: str, run_id: str, board, board_csv: Path, space, test: dict | None,
-                      best_trial_id: str | None, trial_runs: "TrialRuns") -> list[str]:
-    """Leaderboard, best score and test score on the search's run (and the test score on the best trial's
-    run); returns every MLflow write of the search that failed."""
-    safe = SafeClient(uri)
-    metric = f"best_{space.metric}"
-    metrics = {"trials": float(len(board))}
-    if best_trial_id is not None:
-        metrics[metric] = float(board.iloc[0][metric])
-    if test:
-        metrics.update(test_accuracy=test["test_accuracy"], test_loss=test["test_loss"])
-        child = trial_runs.runs.get(best_trial_id)
-        if child:
-            safe.call("test score of the best trial", "log_batch", child,
-                      metrics=[Metric(k, float(test[k]), int(time.time() * 1000), 0)
-                               for k in ("test_accuracy", "test_loss")],
-                      tags=[RunTag("tuner.best_trial", "true")])
+def finish_search_run(tracking: Tracking, metrics: dict, tags: dict, artifacts: list[Path]) -> list[str]:
+    """The search's outcome on its run: metrics, tags, files (leaderboard, plots); returns every MLflow
+    write of the search that failed."""
+    safe = tracking.trial_runs.mlflow   # one client for the whole search: one offline window, one record
     now = int(time.time() * 1000)
-    safe.call("search metrics", "log_batch", run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-              tags=[RunTag("tuner.best_trial_id", str(best_trial_id))])
-    safe.call("leaderboard.csv", "log_artifact", run_id, str(board_csv))
-    safe.call("end of the search run", "set_terminated", run_id, status="FINISHED")
-    return trial_runs.mlflow.missed + safe.missed
+    safe.call("search metrics", "log_batch", tracking.parent_run_id,
+              metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    for path in artifacts:
+        safe.call(path.name, "log_artifact", tracking.parent_run_id, str(path))
+    safe.call("end of the search run", "set_terminated", tracking.parent_run_id, status="FINISHED")
+    return safe.missed
+
+
+def log_test_score(tracking: Tracking, trial_id: str, test: dict, rank: int) -> None:
+    """The test score beside the trial's own metrics."""
+    safe = tracking.trial_runs.mlflow
+    run_id = tracking.trial_runs.runs.get(trial_id)
+    if run_id is None:
+        safe.missed.append(f"test score of trial {trial_id}")
+        return
+    now = int(time.time() * 1000)
+    safe.call(f"test score of trial {trial_id}", "log_batch", run_id,
+              metrics=[Metric(k, float(test[k]), now, 0) for k in ("test_accuracy", "test_loss")],
+              tags=[RunTag("tuner.rank", str(rank))])
