@@ -50,6 +50,7 @@ def check_search(uri: str, storage, name: str, experiment: str = "quickstart"):
 
 def check_champion(uri: str, client: MlflowClient, parent):
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)      # models:/ resolves through the process-wide registry URI
     model = mlflow.pytorch.load_model("models:/quickstart@champion")
     version = client.get_model_version_by_alias("quickstart", "champion")
     test = load_part("digits", None, "test")

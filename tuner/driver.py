@@ -7,9 +7,9 @@ checked before the first trial starts; the tracking store before Ray is even sta
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
-import socket
 import sys
 from pathlib import Path
 
@@ -20,48 +20,13 @@ from tuner.spaces import Space, load_space, parse_override
 from tuner.tracking import Tracking
 
 log = logging.getLogger("tuner")
-
-
-def connect_ray(address: str | None) -> dict:
-    """Start a local Ray, or join the cluster at ``address``; returns the cluster's resources."""
-    import ray
-
-    if address and not address.startswith("auto"):
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"Ray cluster at {address} is unreachable ({exc}); start one with `ray start --head` "
-                            f"or check --address") from None
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 ignore_reinit_error=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
-    return ray.cluster_resources()
-
-
-def trial_resources(args: argparse.Namespace, space: Space, cluster: dict) -> tuple[float, float]:
-    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else space.resources["cpu"]
-    have_cpus, have_gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    if cpus > have_cpus:
-        raise UserError(f"{cpus:g} CPUs per trial but the Ray cluster has {have_cpus:g}; lower --cpus-per-trial")
-    if args.gpus_per_trial is not None:
-        gpus = args.gpus_per_trial
-        if gpus > have_gpus:
-            raise UserError(f"{gpus:g} GPUs per trial but the Ray cluster has {have_gpus:g}; lower --gpus-per-trial")
-    else:
-        gpus = space.resources["gpu"] if have_gpus >= space.resources["gpu"] else 0.0
-        if space.resources["gpu"] and not gpus:
-            print(f"note: {space.name} asks for {space.resources['gpu']:g} GPU per trial; this cluster has "
-                  f"{have_gpus:g}, so trials run on the CPU", file=sys.stderr)
-    return cpus, gpus
+SETTINGS_FILE = "search_settings.json"   # beside the results: what the search is and where it logs
 
 
 def check_name(opts: SearchOptions, resume: bool) -> None:
     from ray import tune
 
-    exists = tune.Tuner.can_restore(str(opts.experiment_path))
+    exists = tune.Tuner.can_restore(opts.experiment_path)
     if exists and not resume:
         raise UserError(f"a search named {opts.name} already exists in {opts.storage_path}; add --resume to "
                         f"continue it, or choose another --name")
@@ -86,7 +51,7 @@ def make_tuner(args, space: Space, data: TrialData, opts: SearchOptions):
     if not args.resume:
         return build_tuner(space, data, opts)
     eff = effective_space(space, opts)
-    return tune.Tuner.restore(str(opts.experiment_path), trainable=make_trainable(data, opts),
+    return tune.Tuner.restore(opts.experiment_path, trainable=make_trainable(data, opts),
                               param_space=eff.grid_space() if opts.grid else eff.param_space(),
                               resume_unfinished=True, resume_errored=True)
 
@@ -99,18 +64,44 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions) ->
         shlex.join(sys.argv)
     tags = {"tuner.space": space.name, "tuner.command": command, "mlflow.note.content": space.description}
     settings = search_settings(space, opts)
-    experiment_id, run_id = start_search_run(client, uri, args.experiment or space.name, opts.name,
-                                             str(opts.storage_path), tags, settings)
+    experiment = args.experiment or saved_settings(opts).get("experiment") or space.name
+    experiment_id, run_id = start_search_run(client, uri, experiment, opts.name, opts.storage_path, tags, settings)
     client.log_artifact(run_id, str(space.path))
-    client.log_dict(run_id, settings, "search_settings.json")
+    client.log_dict(run_id, settings, SETTINGS_FILE)
+    mine = {**settings, "tracking_uri": uri, "experiment": experiment, "search_run_id": run_id}
+    (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
     callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs))
     return Tracking(uri, experiment_id, run_id, callback)
 
 
+def storage_location(arg: str) -> str:
+    """A URI (s3://...) as given; a local folder made absolute."""
+    return arg if "://" in arg else str(Path(arg).expanduser().resolve())
+
+
+def saved_settings(opts: SearchOptions) -> dict:
+    path = opts.outcome_dir / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def tracking_uri_for(args, opts: SearchOptions) -> str:
+    """The tracking URI; a resumed search keeps logging where it started."""
+    from tuner.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if args.resume:
+        started = saved_settings(opts).get("tracking_uri")
+        if started and args.tracking_uri and args.tracking_uri != started:
+            raise UserError(f"search {opts.name} logs to {started}; resume it with that --tracking-uri or without one")
+        uri = started or uri
+    return uri
+
+
 def run_search(args: argparse.Namespace) -> int:
+    from tuner.cluster import check_multi_node, connect_ray, trial_resources
     from tuner.outcome import conclude
     from tuner.run import default_name
-    from tuner.tracking import check_tracking, resolve_tracking_uri
+    from tuner.tracking import TrialRuns, check_tracking
 
     space = load_space(args.space)
     overrides = dict(parse_override(o, space) for o in args.overrides)
@@ -119,16 +110,17 @@ def run_search(args: argparse.Namespace) -> int:
     num_samples, max_epochs, limit = budget(args, space)
     data_dir = resolve_data_dir(args.data_dir)
     data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
-    opts = SearchOptions(args.name or default_name(space.name), Path(args.storage_path).expanduser().resolve(),
-                         num_samples, max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures,
-                         args.grid, overrides)
+    opts = SearchOptions(args.name or default_name(space.name), storage_location(args.storage_path), num_samples,
+                         max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
     check_name(opts, args.resume)
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = tracking_uri_for(args, opts)
     client = check_tracking(uri)                        # before Ray starts
     opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, connect_ray(args.address))
+    check_multi_node(opts.storage_path, uri)
     eff = effective_space(space, opts)
     tracking = start_tracking(args, uri, client, eff, opts)
     opts.callbacks = [tracking.trial_runs]
     results = make_tuner(args, space, data, opts).fit()
+    tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
     test_set = load_part(space.dataset, data_dir, "test", args.download)
     return conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)

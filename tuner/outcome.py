@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
@@ -10,10 +9,10 @@ import numpy as np
 from tuner.data import ImageSet, TrialData
 from tuner.evaluation import load_trial_model, score
 from tuner.plots import learning_curves
-from tuner.search import SearchOptions, search_settings
+from tuner.search import SearchOptions
 from tuner.spaces import Space
 from tuner.summary import leaderboard, print_summary, trial_id_of, where
-from tuner.tracking import Tracking, finish_search_run, log_test_score
+from tuner.tracking import FAILED, Tracking, close_lost_runs, finish_search_run, log_test_score
 
 
 def best_models(results, scored, space: Space, data: TrialData, test_set: ImageSet, k: int):
@@ -38,6 +37,10 @@ def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet,
     runs, safe = tracking.trial_runs.runs, tracking.trial_runs.mlflow
     if safe.offline:
         return None, ["models (MLflow did not answer)"]
+    top = ",".join(tid for tid, *_ in best[:k])
+    parent = safe.call("the search run", "get_run", tracking.parent_run_id)
+    if parent is not FAILED and parent.data.tags.get("tuner.registered") == top:
+        return None, []     # a resumed search that found nothing better: these models are registered already
     candidates = [Candidate(i + 1, tid, runs[tid], model, {k_: test[k_] for k_ in ("test_accuracy", "test_loss")},
                             float(scored.iloc[i][f"best_{space.metric}"]))
                   for i, (tid, _, model, test) in enumerate(best[:k]) if tid in runs]
@@ -53,20 +56,21 @@ def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet,
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         print(f"warning: models not registered in MLflow: {first}", file=sys.stderr)
         return None, [f"models ({first})"]
+    safe.call("registered trials", "set_tag", tracking.parent_run_id, "tuner.registered", top)
     return done, []
 
 
 def conclude(results, space: Space, data: TrialData, test_set: ImageSet, opts: SearchOptions,
              tracking: Tracking, top_k: int = 1) -> int:
     board = leaderboard(results, space)
-    folder = opts.experiment_path
+    folder = opts.outcome_dir
     board.to_csv(folder / "leaderboard.csv", index=False)
     scored = board[board[f"best_{space.metric}"].notna() & (board["epochs"] > 0)] if len(board) else board
     histories = {trial_id_of(r): r.metrics_dataframe for r in results}
     best = best_models(results, scored, space, data, test_set, top_k) if len(scored) else []
     best_id = best[0][0] if best else None
     plot = learning_curves(histories, best_id, folder / "learning_curves.png", title=f"{opts.name}: {len(board)} trials")
-    (folder / "search_settings.json").write_text(json.dumps(search_settings(space, opts), indent=2, default=str))
+    close_lost_runs(tracking, set(histories))
     missed, registered, test = [], None, None
     if best:
         test = best[0][3]

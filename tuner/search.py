@@ -28,7 +28,7 @@ SMOKE = {"num_samples": 2, "max_epochs": 1, "train_images": 1024}   # --smoke: c
 @dataclass
 class SearchOptions:
     name: str
-    storage_path: Path
+    storage_path: str                    # a local folder (absolute) or a URI every node can reach (s3://...)
     num_samples: int
     max_epochs: int
     cpus_per_trial: float
@@ -42,8 +42,20 @@ class SearchOptions:
     verbose: int = 1
 
     @property
-    def experiment_path(self) -> Path:
-        return self.storage_path / self.name
+    def remote_storage(self) -> bool:
+        return "://" in self.storage_path
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def outcome_dir(self) -> Path:
+        """A local folder for the leaderboard and plots: the experiment's own, or ./ray_results/NAME when
+        results live in object storage."""
+        folder = Path("ray_results").resolve() / self.name if self.remote_storage else Path(self.experiment_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
 
 def effective_space(space: Space, opts: SearchOptions) -> Space:
@@ -75,6 +87,31 @@ def make_scheduler(space: Space) -> ASHAScheduler:
                          reduction_factor=space.reduction_factor)
 
 
+class SchedulerState(tune.Callback):
+    """Carries ASHA's rung records (the score each trial had at each milestone) across a restore.
+
+    Ray snapshots the searcher's and the callbacks' state with the experiment, but not the scheduler's:
+    ``Tuner.restore`` brings back the scheduler as it was pickled when the search started, with empty
+    rungs, and it would then cut trials against a partial record. This callback holds a reference to the
+    scheduler (pickled together with it, so the reference survives the restore) and saves and restores the
+    records as its own state.
+    """
+
+    def __init__(self, scheduler: ASHAScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        rungs = [[dict(recorded) for _, recorded in bracket._rungs] for bracket in self.scheduler._brackets]
+        return {"rungs": rungs, "num_stopped": self.scheduler._num_stopped}
+
+    def set_state(self, state: dict) -> None:
+        for bracket, saved in zip(self.scheduler._brackets, state["rungs"]):
+            for (_, recorded), values in zip(bracket._rungs, saved):
+                recorded.clear()
+                recorded.update(values)
+        self.scheduler._num_stopped = state["num_stopped"]
+
+
 def make_trainable(data: TrialData, opts: SearchOptions):
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     # with_parameters puts the dataset in Ray's object store once; every trial reads that one copy.
@@ -91,19 +128,19 @@ def progress_table(space: Space) -> tune.CLIReporter:
                             max_report_frequency=15, max_progress_rows=12)
 
 
-def tune_config(space: Space, opts: SearchOptions) -> tune.TuneConfig:
+def tune_config(space: Space, opts: SearchOptions, scheduler: ASHAScheduler) -> tune.TuneConfig:
     return tune.TuneConfig(
         metric=space.metric, mode=space.mode, search_alg=make_searcher(space, opts),
-        scheduler=make_scheduler(space), num_samples=1 if opts.grid else space.num_samples,
+        scheduler=scheduler, num_samples=1 if opts.grid else space.num_samples,
         max_concurrent_trials=opts.max_concurrent if opts.grid else None,
         reuse_actors=True,   # a worker keeps its dataset on the device across trials
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )
 
 
-def run_config(space: Space, opts: SearchOptions) -> tune.RunConfig:
+def run_config(space: Space, opts: SearchOptions, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
-        name=opts.name, storage_path=str(opts.storage_path), callbacks=opts.callbacks, verbose=opts.verbose,
+        name=opts.name, storage_path=str(opts.storage_path), callbacks=callbacks, verbose=opts.verbose,
         progress_reporter=progress_table(space),
         # Keep each trial's two best checkpoints (the best is scored on the test set) and its latest one
         # (Ray always keeps the latest, for resuming). Ray snapshots the experiment every num_to_keep
@@ -134,9 +171,11 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
 
 def build_tuner(space: Space, data: TrialData, opts: SearchOptions) -> tune.Tuner:
     space = effective_space(space, opts)
+    scheduler = make_scheduler(space)
     return tune.Tuner(make_trainable(data, opts),
                       param_space=space.grid_space() if opts.grid else space.param_space(),
-                      tune_config=tune_config(space, opts), run_config=run_config(space, opts))
+                      tune_config=tune_config(space, opts, scheduler),
+                      run_config=run_config(space, opts, [*opts.callbacks, SchedulerState(scheduler)]))
 
 
 def asha_rung(epoch: int, grace: int, factor: int) -> int | None:

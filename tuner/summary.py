@@ -91,7 +91,7 @@ def where(opts, tracking, missed: list[str], space_path: Path, registered: dict 
     from tuner.spaces import SPACES_DIR
 
     space_arg = space_path.stem if space_path.parent == SPACES_DIR else str(space_path)
-    out = {"results": str(opts.experiment_path), "leaderboard": str(opts.experiment_path / "leaderboard.csv"),
+    out = {"results": opts.experiment_path, "leaderboard": str(opts.outcome_dir / "leaderboard.csv"),
            "MLflow store": tracking.uri,
            "MLflow run": f"experiment {tracking.experiment_id}, run {tracking.parent_run_id}",
            "open the UI": ui_command(tracking.uri)}

@@ -156,6 +156,10 @@ def flat_params(config: dict, prefix: str = "") -> list[Param]:
 class TrialRuns(Callback):
     """Ray Tune callback: a nested MLflow child run per trial, metrics every epoch with step=epoch."""
 
+    # The instance Ray actually runs, by search run: on a resume Ray uses the callback it pickled when the
+    # search started, not the one the driver built, and the driver needs its records afterwards.
+    _live: dict[str, "TrialRuns"] = {}
+
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, asha: tuple[int, int, int]):
         self.mlflow = SafeClient(uri)
         self.experiment_id = experiment_id
@@ -163,9 +167,15 @@ class TrialRuns(Callback):
         self.asha = asha                       # (grace_period, reduction_factor, max_epochs)
         self.runs: dict[str, str] = {}         # trial id -> run id
         self.logged: dict[str, int] = {}       # run id -> last epoch logged
+        self.nodes: dict[str, str] = {}        # run id -> Ray node that last ran the trial
+
+    @classmethod
+    def live(cls, parent_run_id: str) -> "TrialRuns | None":
+        return cls._live.get(parent_run_id)
 
     def setup(self, **info):
         """Adopt the child runs this search already has (a resumed search continues them)."""
+        TrialRuns._live[self.parent_run_id] = self
         runs = self.mlflow.call("existing trial runs", "search_runs", [self.experiment_id],
                                 filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'", max_results=10000)
         for run in [] if runs is FAILED else runs:
@@ -195,6 +205,9 @@ class TrialRuns(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
         epoch = int(result.get("epoch", 0))
+        if run_id is not None and result.get("node_id") and self.nodes.get(run_id) != result["node_id"]:
+            self.nodes[run_id] = result["node_id"]
+            self.mlflow.call(f"node of trial {trial.trial_id}", "set_tag", run_id, "tuner.node_id", result["node_id"])
         if run_id is None or epoch <= self.logged.get(run_id, 0):
             return   # epoch 0 is a rejected config; an epoch already logged is a replay after a restore
         now = int(time.time() * 1000)
@@ -267,6 +280,17 @@ def finish_search_run(tracking: Tracking, metrics: dict, tags: dict, artifacts: 
         safe.call(path.name, "log_artifact", tracking.parent_run_id, str(path))
     safe.call("end of the search run", "set_terminated", tracking.parent_run_id, status="FINISHED")
     return safe.missed
+
+
+def close_lost_runs(tracking: Tracking, known_trial_ids: set[str]) -> None:
+    """Runs of trials Ray never recorded (the driver died between starting them and its next snapshot)
+    stay RUNNING forever otherwise."""
+    safe = tracking.trial_runs.mlflow
+    for trial_id, run_id in tracking.trial_runs.runs.items():
+        if trial_id not in known_trial_ids:
+            safe.call(f"lost trial {trial_id}", "set_tag", run_id, "tuner.end_reason",
+                      "lost: the search was interrupted before Ray recorded this trial")
+            safe.call(f"lost trial {trial_id}", "set_terminated", run_id, status="KILLED")
 
 
 def log_test_score(tracking: Tracking, trial_id: str, test: dict, rank: int) -> None:

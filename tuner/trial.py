@@ -140,14 +140,18 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
 
 def train_trial(config: dict, data: TrialData) -> None:
     """The Ray Tune function trainable (wrapped with ``tune.with_parameters`` to receive ``data``)."""
+    import ray
     from ray import tune
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)   # a line per checkpoint otherwise
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
 
+    node_id = ray.get_runtime_context().get_node_id()   # which machine ran it, for the search's records
+
     def report(metrics: dict, folder: str | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+        tune.report({**metrics, "node_id": node_id},
+                    checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

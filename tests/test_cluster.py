@@ -1,0 +1,132 @@
+"""A real two-node Ray cluster on this machine: a search with --address uses both nodes, and survives
+losing the second one. Each node is a `ray start --block` in its own process session, stopped by that."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.mlflow_server import MlflowServer, free_port
+from tests.processes import Search, child_runs, kill_processes_mentioning, wait_until
+
+pytestmark = pytest.mark.slow
+# Ray 2.60 secures a cluster with a token (~/.ray/auth_token); every node and the driver must use it.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+SPACE = """description: MNIST trials long enough (seconds) for a cluster to spread them
+dataset: mnist
+model: report003_mnist
+val_fraction: 0.8
+fixed: {batch_size: 128}
+search:
+  kernel_size: {choice: [3, 5]}
+  lr: {loguniform: [5.0e-4, 3.0e-3]}
+scheduler: {max_epochs: 3, grace_period: 3}
+num_samples: 4
+resources: {cpu: 1}
+"""
+
+
+def wait_port(port: int, node: "RayNode", timeout: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.proc.poll() is not None:
+            raise RuntimeError(f"ray start exited: {Path(node.out.name).read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"no Ray head on port {port}")
+
+
+class RayNode:
+    def __init__(self, *args: str, log: Path):
+        ray = str(Path(sys.executable).parent / "ray")
+        self.out = open(log, "w")
+        self.proc = subprocess.Popen([ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
+                                     stdout=self.out, stderr=subprocess.STDOUT, env={**os.environ, **AUTH},
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)     # the node's raylet, workers and agents: its session
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.out.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cluster")
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")     # short: Ray's socket paths live under it
+    port = free_port()
+    head = RayNode("--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false",
+                   "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+                   log=tmp_path / "head.log")
+    wait_port(port, head)
+    worker = RayNode("--address", f"127.0.0.1:{port}", "--dashboard-agent-listen-port", str(free_port()),
+                     log=tmp_path / "worker.log")
+    time.sleep(5)    # the second raylet registers with the head
+    try:
+        yield f"127.0.0.1:{port}", worker
+    finally:
+        worker.stop()
+        head.stop()
+        kill_processes_mentioning(temp)
+
+
+def node_ids(folder: Path) -> set[str]:
+    ids = set()
+    for result in folder.glob("trial_*/result.json"):
+        ids |= {json.loads(line).get("node_id") for line in result.read_text().splitlines() if line.strip()}
+    return ids - {None}
+
+
+def test_a_local_store_on_a_multi_node_cluster_is_one_line(cluster, tmp_path):
+    address, _ = cluster
+    search = Search("--space", "quickstart", "--address", address, "--storage-path", str(tmp_path / "rr"),
+                    "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", env=AUTH)
+    code, out = search.wait(timeout=120)
+    assert code == 2, out
+    assert "error: this Ray cluster has 2 nodes but the tracking store sqlite:" in out
+    assert not (tmp_path / "rr").exists()
+
+
+def test_a_search_spreads_over_two_nodes_and_survives_losing_one(cluster, tmp_path, data_dir):
+    address, worker = cluster
+    space = tmp_path / "mnist_cluster.yaml"
+    space.write_text(SPACE)
+    server = MlflowServer(tmp_path).wait()
+    try:
+        search = Search("--space", str(space), "--name", "c", "--address", address, "--data-dir", str(data_dir),
+                        "--storage-path", str(tmp_path / "rr"), "--tracking-uri", server.uri, "--max-failures", "3",
+                        env=AUTH)
+
+        def both_nodes_busy():
+            nodes = {r.data.tags.get("tuner.node_id") for r in child_runs(server.uri, "mnist_cluster")}
+            return len(nodes - {None}) >= 2
+
+        try:
+            assert wait_until(both_nodes_busy, timeout=240), search.log.read_text()[-3000:]
+            worker.stop()                                   # lose the second node mid-search
+            code, out = search.wait(timeout=600)
+        finally:
+            search.kill()
+        assert code == 0, out[-3000:]
+        board = pd.read_csv(tmp_path / "rr" / "c" / "leaderboard.csv")
+        assert len(board) == 4 and not board["end_reason"].str.startswith("failed").any()
+        assert len(node_ids(tmp_path / "rr" / "c")) == 2
+    finally:
+        server.stop()
