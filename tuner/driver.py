@@ -123,4 +123,9 @@ def run_search(args: argparse.Namespace) -> int:
     results = make_tuner(args, space, data, opts).fit()
     tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
     test_set = load_part(space.dataset, data_dir, "test", args.download)
-    return conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)
+    code = conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)
+    if code == 0 and args.analyze:
+        from tuner.analyze import analyze_search
+
+        analyze_search(opts.name, uri, data_dir, args.experiment or space.name, args.download)
+    return code

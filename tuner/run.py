@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a setting on top of the space, e.g. --set lr=0.001 (repeatable)")
     p.add_argument("--grid", action="store_true", help="run the space's choices as an exhaustive grid instead of TPE")
+    p.add_argument("--analyze", action="store_true", help="after the search, write the best model's report "
+                                                          "(python -m tuner.analyze) to analysis/NAME and MLflow")
     p.add_argument("--smoke", action="store_true", help="a tiny budget that checks a space end to end "
                                                         "(2 trials, 1 epoch, 1,024 training images)")
     return p.parse_args(argv)
