@@ -19,17 +19,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from tuner.analysis.settings import Options, default_out  # noqa: E402
+from tuner.cli import Help  # noqa: E402
 from tuner.errors import UserError  # noqa: E402
 
 DEFAULTS = Options("", "", Path("."), Path("."))
-
-
-class Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except where the help says the default in words (None) or a flag is off."""
-
-    def _get_help_string(self, action):
-        quiet = action.default is None or action.default is False
-        return action.help if quiet else super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -21,12 +21,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
+from tuner.cli import Help  # noqa: E402
 from tuner.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=Help)
     p.add_argument("--space", default="quickstart", help="a shipped space name (see --list) or a path to a .yaml file")
     p.add_argument("--list", action="store_true", help="list the shipped spaces and exit")
     p.add_argument("--name", help="search name, for --resume and in MLflow (default: SPACE-YYYYmmdd-HHMMSS)")
