@@ -112,3 +112,23 @@ def test_learning_rate_schedules():
     assert lr_factor(1000, cosine, 100) == pytest.approx(0, abs=1e-9)
     step = TrainConfig(lr_schedule="step", lr_step_epochs=3, lr_gamma=0.1)
     assert [round(lr_factor(e * 10, step, 10), 6) for e in (0, 2, 3, 6)] == [1, 1, 0.1, 0.01]
+
+
+def test_an_averaged_model_is_what_is_evaluated_saved_and_resumed(tmp_path, digits):
+    import torch as t
+
+    cfg = {**CONFIG, "ema": 0.9}
+    straight = Recorder(tmp_path / "a")
+    run_trial(cfg, digits, straight)
+    first = Recorder(tmp_path / "b")
+    run_trial({**cfg, "max_epochs": 1}, digits, first)
+    resumed = Recorder(tmp_path / "c")
+    run_trial(cfg, digits, resumed, start=first.checkpoints[0])
+    for a, b in zip(straight.results[1:], resumed.results):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    saved = t.load(straight.checkpoints[-1] / "model.pt", weights_only=True)
+    raw = t.load(straight.checkpoints[-1] / "state.pt", weights_only=True)["train_model"]
+    assert set(saved) == set(raw) and any(not t.equal(saved[k], raw[k]) for k in saved)
+    plain = Recorder(tmp_path / "d")
+    run_trial(CONFIG, digits, plain)
+    assert plain.results[-1]["val_loss"] != pytest.approx(straight.results[-1]["val_loss"], rel=1e-6)

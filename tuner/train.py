@@ -40,6 +40,9 @@ class TrainConfig:
     min_delta: float = 0.0          # smallest change that counts as an improvement
     grad_clip: float = 0.0          # max gradient norm; 0 = off
     eval_batch_size: int = 1024     # images per evaluation step
+    ema: float = 0.0                # decay per step of an average of the weights, which is then what is
+                                    # evaluated and saved; 0 = off (0.99 to 0.999 with batches of 500+)
+    compile: bool = False           # torch.compile the training forward pass (pays off on long GPU trials only)
     seed: int = 0                   # weights init, data order and augmentation
 
     @classmethod
@@ -166,8 +169,9 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def train_epoch(model, opt, schedule, data: DeviceData, cfg: TrainConfig, gen: torch.Generator):
-    """One pass over the train split; returns (mean loss, accuracy) read back once."""
+def train_epoch(model, opt, schedule, data: DeviceData, cfg: TrainConfig, gen: torch.Generator, ema=None):
+    """One pass over the train split; returns (mean loss, accuracy) read back once. ``ema`` (an
+    ``AveragedModel``) is updated after every step."""
     model.train()
     device = data.x_train.device
     n = len(data.y_train)
@@ -190,6 +194,8 @@ def train_epoch(model, opt, schedule, data: DeviceData, cfg: TrainConfig, gen: t
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach().float() * len(idx)
         correct += (logits.argmax(1) == y).sum()
         seen += len(idx)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from models import ArchitectureError, build_model
 from tuner.data import TrialData
@@ -37,7 +38,10 @@ def worst_value(metric: str, mode: str) -> float:
 
 def pick_device() -> torch.device:
     # Ray hides GPUs a trial was not given (CUDA_VISIBLE_DEVICES), so "visible" means "ours".
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True    # fixed batch shapes: let cuDNN pick its fastest kernels once
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def device_data(data: TrialData, device: torch.device) -> DeviceData:
@@ -68,17 +72,32 @@ class TrialState:
         self.stopper = EarlyStopping(self.cfg.patience, self.cfg.early_stop_on, self.cfg.min_delta)
         self.gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
         self.epoch = 0
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True) \
+            if self.cfg.ema > 0 else None
+        # Compiled for training steps only: evaluation and checkpoints use the plain module (same weights).
+        self.step_model = torch.compile(self.model) if self.cfg.compile else self.model
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated, checkpointed as model.pt and scored on the test set: the average if kept."""
+        return self.ema.module if self.ema is not None else self.model
 
     def save(self, folder: str) -> None:
-        torch.save(self.model.state_dict(), os.path.join(folder, "model.pt"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                    "stopper": self.stopper.state_dict(), "rng": self.gen.get_state(), "epoch": self.epoch},
-                   os.path.join(folder, "state.pt"))
+        torch.save(self.eval_model.state_dict(), os.path.join(folder, "model.pt"))
+        state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                 "stopper": self.stopper.state_dict(), "rng": self.gen.get_state(), "epoch": self.epoch}
+        if self.ema is not None:   # model.pt holds the average; training goes on from the raw weights
+            state.update(train_model=self.model.state_dict(), ema_steps=self.ema.n_averaged)
+        torch.save(state, os.path.join(folder, "state.pt"))
 
     def load(self, folder: str | Path) -> None:
         device = next(self.model.parameters()).device
-        self.model.load_state_dict(torch.load(Path(folder, "model.pt"), map_location=device, weights_only=True))
-        state = torch.load(Path(folder, "state.pt"), map_location="cpu", weights_only=True)
+        saved = torch.load(Path(folder, "model.pt"), map_location=device, weights_only=True)
+        state = torch.load(Path(folder, "state.pt"), map_location="cpu", weights_only=True)  # RNG state: CPU
+        self.eval_model.load_state_dict(saved)
+        if self.ema is not None:
+            self.model.load_state_dict(state["train_model"])
+            self.ema.n_averaged.copy_(state["ema_steps"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.stopper.load_state_dict(state["stopper"])
@@ -117,15 +136,17 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
         state.epoch += 1
         _fault_hook(state.epoch)
         t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(state.model, state.optimizer, state.schedule, dd, cfg, state.gen)
+        train_loss, train_acc = train_epoch(state.step_model, state.optimizer, state.schedule, dd, cfg, state.gen,
+                                            state.ema)
         seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(state.model, dd.x_val, dd.y_val, dd.mean, dd.std, cfg.eval_batch_size)
+        val_loss, val_acc = evaluate(state.eval_model, dd.x_val, dd.y_val, dd.mean, dd.std, cfg.eval_batch_size)
+        eval_seconds = time.perf_counter() - t0 - seconds
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} at epoch {state.epoch}")
         metrics = {"epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "val_loss": val_loss, "val_accuracy": val_acc,
                    "lr": state.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-                   "images_per_second": len(dd.y_train) / seconds}
+                   "eval_seconds": eval_seconds, "images_per_second": len(dd.y_train) / seconds}
         stop = state.stopper.update(state.epoch, metrics)
         if stop:
             metrics["end_reason"] = f"early-stopped by patience {cfg.patience} at epoch {state.epoch}"
