@@ -84,3 +84,12 @@ class Normalized(nn.Module):
 
     def forward(self, x):
         return self.model((x - self.mean) / self.std)
+
+
+def named(*layers: tuple[str, nn.Module]) -> nn.Sequential:
+    """A Sequential whose layers have names (``conv1``, ``fc1``, ...), so that settings which name layers
+    (``weight_decay_on``) read like the reports' tables instead of counting positions."""
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict(layers))
+

@@ -10,6 +10,7 @@ from tuner.spaces import SPACES_DIR, find_space, list_spaces, load_space, parse_
 
 SHIPPED = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 BASE = "description: test space\ndataset: digits\nmodel: convnet\n"
+LR = "search:\n  lr: {uniform: [0.1, 1]}\n"
 
 
 def write(tmp_path, text: str, name: str = "space.yaml"):
@@ -19,7 +20,8 @@ def write(tmp_path, text: str, name: str = "space.yaml"):
 
 
 def test_the_issue_spaces_are_shipped():
-    assert {"quickstart", "mnist_filters_strides", "cifar_depth", "cifar_regularization"} <= set(SHIPPED)
+    assert {"quickstart", "mnist_filters_strides", "cifar_depth", "cifar_regularization", "cifar_filters_strides",
+            "cifar_lr_schedule", "cifar_refine", "cifar100_transfer", "mnist_mlp"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -78,6 +80,17 @@ BAD = {
     "bad scheduler": ("search:\n  lr: {uniform: [0.1, 1]}\nscheduler: {max_epochs: 2, grace_period: 5}\n",
                       "need 1 <= grace_period (5) <= max_epochs (2)"),
     "bad metric": ("search:\n  lr: {uniform: [0.1, 1]}\nmetric: accuracy\n", "metric: 'accuracy' is not allowed"),
+    "bad refine step": ("search:\n  refine_start_step: {choice: [0, later]}\n",
+                        "refine_start_step.choice: 'later' is not allowed; use one of: a whole number >= 0, never"),
+    "bad trainable layers": ("fixed:\n  trainable_layers: -2\nsearch:\n  lr: {uniform: [0.1, 1]}\n",
+                             "fixed.trainable_layers: -2 is not allowed"),
+    "reference without figure": (LR + "reference:\n  - {lr: 0.5}\n", "reference[0]: gives no figure"),
+    "reference in percent": (LR + "reference:\n  - {lr: 0.5, test_accuracy: 98.1}\n", "write 98.14% as 0.9814"),
+    "reference to an unset setting": (LR + "reference:\n  - {depth: 3, test_accuracy: 0.9}\n",
+                                      "reference[0].depth: is not a figure"),
+    "reference of a wrong type": (LR + "reference:\n  - {lr: fast, test_accuracy: 0.9}\n",
+                                  "reference[0].lr: 'fast' is not a number"),
+    "start of a wrong type": (LR + "start:\n  - {lr: fast}\n", "start[0].lr: 'fast' is not a number"),
 }
 
 
@@ -109,3 +122,41 @@ def test_overrides_are_checked_like_fixed_settings():
                      ("seed=3", "unknown setting")):
         with pytest.raises(UserError, match=msg):
             parse_override(bad, space)
+
+
+def test_transfer_settings_take_a_count_or_their_word():
+    space = load_space("cifar_refine")
+    assert parse_override("refine_start_step=never", space) == ("refine_start_step", "never")
+    assert parse_override("trainable_layers=5", space) == ("trainable_layers", 5)
+    assert parse_override("pretrained=models:/cifar_depth@champion", space)[1] == "models:/cifar_depth@champion"
+    with pytest.raises(UserError, match="'all' is not allowed; use one of: a whole number >= 0, never"):
+        parse_override("refine_start_step=all", space)
+
+
+def test_grid_reruns_a_reports_table_with_the_reports_other_settings():
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = load_space("mnist_filters_strides")
+    variants = [config for _, config in generate_variants(space.grid_space())]
+    # kernel 3/5/7 x stride 1/2/3 x padding same/valid x L2 none/all: Table 3 and section 1.4
+    assert len(variants) == 36
+    assert {(v["kernel_size"], v["stride"], v["padding"], v["weight_decay_on"]) for v in variants} >= {
+        (r["kernel_size"], r["stride"], r["padding"], r["weight_decay_on"]) for r in space.reference}
+    assert {v["lr"] for v in variants} == {0.001} and {v["weight_decay"] for v in variants} == {0.02}
+
+
+def test_reference_figures_go_beside_the_matching_settings():
+    from tuner.reference import comparison, reference_figures
+
+    reference = load_space("cifar_refine").reference
+    config = {"refine_start_step": 1000, "fc": "384-192", "weight_decay": 0.0, "lr": 1e-4}
+    assert reference_figures(config, reference) == {"report_test_accuracy": 0.8506}
+    assert reference_figures({**config, "fc": "512-256"}, reference)["report_test_accuracy"] != 0.8506
+    assert str(reference_figures({**config, "refine_start_step": 7}, reference)["report_test_accuracy"]) == "nan"
+    lines = comparison(reference, {"test_accuracy": 0.9, "val_accuracy": 0.91}, 3)
+    assert lines[0].startswith("Report's best: test_accuracy 0.8690 (refine_start_step=0, fc=384-192, "
+                               "weight_decay=0.00015; report 000, section 3.4); 3 trial(s)")
+    assert lines[1] == "This search's best: test_accuracy 0.9000, +0.0310 (beats the report)"
+    figure_only = [{"test_accuracy": 0.746, "source": "report 002"}]
+    assert reference_figures(config, figure_only) == {"report_test_accuracy": pytest.approx(float("nan"), nan_ok=True)}
+    assert "(as the report trained it; report 002)" in comparison(figure_only, {"test_accuracy": 0.5}, 0)[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuner.data import TrialData, load_part, prepare_trial_data, resolve_data_dir
 from tuner.errors import UserError
+from tuner.pretrained import resolve_pretrained
 from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_settings
 from tuner.spaces import Space, load_space, parse_override
 from tuner.tracking import Tracking
@@ -115,6 +116,8 @@ def run_search(args: argparse.Namespace) -> int:
     check_name(opts, args.resume)
     uri = tracking_uri_for(args, opts)
     client = check_tracking(uri)                        # before Ray starts
+    weights = resolve_pretrained(space, opts.overrides, uri, args.download)   # transfer: before Ray starts too
+    opts.pretrained, opts.overrides = weights.state, {**opts.overrides, **weights.settings}
     opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, connect_ray(args.address))
     check_multi_node(opts.storage_path, uri)
     eff = effective_space(space, opts)

@@ -38,6 +38,7 @@ class SearchOptions:
     max_failures: int = 1                # retries of a crashed trial, from its last checkpoint
     grid: bool = False                   # every choice as an exhaustive grid instead of TPE
     overrides: dict = field(default_factory=dict)
+    pretrained: dict | None = None       # state dict every trial starts from (tuner.pretrained)
     callbacks: list = field(default_factory=list)
     verbose: int = 1
 
@@ -62,8 +63,9 @@ def effective_space(space: Space, opts: SearchOptions) -> Space:
     """The space with the command line's budget and ``--set`` overrides applied."""
     grace = min(space.grace_period, opts.max_epochs)
     search = {k: v for k, v in space.search.items() if k not in opts.overrides}
+    start = [{k: v for k, v in p.items() if k in search} for p in space.start]   # a --set key is no longer searched
     return dataclasses.replace(space, max_epochs=opts.max_epochs, grace_period=grace, num_samples=opts.num_samples,
-                               fixed={**space.fixed, **opts.overrides, "seed": opts.seed}, search=search)
+                               fixed={**space.fixed, **opts.overrides, "seed": opts.seed}, search=search, start=start)
 
 
 def startup_trials(space: Space) -> int:
@@ -115,7 +117,8 @@ class SchedulerState(tune.Callback):
 def make_trainable(data: TrialData, opts: SearchOptions):
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     # with_parameters puts the dataset in Ray's object store once; every trial reads that one copy.
-    return tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+    weights = {} if opts.pretrained is None else {"pretrained": opts.pretrained}   # the same for pretrained weights
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, **weights), resources)
 
 
 def trial_name(trial) -> str:

@@ -20,7 +20,9 @@ import search_spaces
 from models import MODELS
 from tuner.data import DATASETS
 from tuner.errors import UserError
+from tuner.reference import FIGURES, NOTES
 from tuner.train import AUGMENTS, OPTIMIZERS, SCHEDULES, TRAIN_KEYS
+from tuner.transfer import SETTING_VALUES, TRANSFER_KEYS
 
 SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
@@ -32,7 +34,7 @@ RESOURCE_KEYS = ("cpu", "gpu")
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
 # Settings with a closed set of values, checked at load time wherever they appear.
 ENUMS = {"optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "augment": AUGMENTS,
-         "early_stop_on": ("val_loss", "val_accuracy")}
+         "early_stop_on": ("val_loss", "val_accuracy"), **SETTING_VALUES}
 # Distribution -> (number of arguments, builder). "int" bounds are inclusive at both ends.
 DISTRIBUTIONS = {
     "choice": (None, lambda v: tune.choice(v)),
@@ -76,11 +78,15 @@ class Space:
         return space
 
     def grid_space(self) -> dict[str, Any]:
-        """Every ``choice`` as an exhaustive grid (Ray's grid_search); other distributions stay random."""
+        """Every ``choice`` as an exhaustive grid (Ray's grid_search); every other searched setting takes the
+        first ``start`` point's value (the report's, so a report's table reruns exactly), else stays random."""
         space = self.param_space()
+        first = self.start[0] if self.start else {}
         for key, (kind, args) in self.search.items():
             if kind == "choice":
                 space[key] = tune.grid_search(list(args))
+            elif key in first:
+                space[key] = first[key]
         return space
 
 
@@ -156,7 +162,7 @@ TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "
 
 def setting_types(model: str) -> dict[str, tuple[type, ...]]:
     """Every setting a space may fix or search for ``model``, with the Python types it accepts."""
-    annotated = {**TRAIN_KEYS, **MODELS[model].params}
+    annotated = {**TRAIN_KEYS, **TRANSFER_KEYS, **MODELS[model].params}
     out = {}
     for key, text in annotated.items():
         out[key] = tuple({t for part in text.split("|") for t in TYPES.get(part.strip(), TYPES["any"])})
@@ -248,6 +254,31 @@ def _check_resources(c: _Checker, raw: dict) -> dict:
     return out
 
 
+def _check_reference(c: _Checker, entries, types: dict, settable: set[str]) -> list[dict]:
+    """``reference:``: a report's settings (ones the space fixes or searches) and the figures it reached."""
+    if not isinstance(entries, list) or not all(isinstance(r, dict) for r in entries):
+        c.fail("reference", "must be a list of mappings (the settings and the figure a report reached)")
+    out = []
+    for i, entry in enumerate(entries):
+        where, checked = f"reference[{i}]", {}
+        if not any(k in FIGURES for k in entry):
+            c.fail(where, f"gives no figure; add one of {', '.join(FIGURES)}")
+        for key, value in entry.items():
+            if key in FIGURES:
+                checked[key] = c.number(f"{where}.{key}", value)
+                if key.endswith("accuracy") and not 0 <= checked[key] <= 1:
+                    c.fail(f"{where}.{key}", f"{value} is not a fraction; write 98.14% as 0.9814")
+            elif key in NOTES:
+                checked[key] = str(value)
+            elif key in settable:
+                checked[key] = _check_value(c, f"{where}.{key}", value, types[key], key)
+            else:
+                c.fail(f"{where}.{key}", f"is not a figure ({', '.join(FIGURES)}), a note ({', '.join(NOTES)}) "
+                                         f"or a setting this space fixes or searches")
+        out.append(checked)
+    return out
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
@@ -288,9 +319,9 @@ def load_space(name_or_path: str) -> Space:
     start = raw.get("start") or []
     if not isinstance(start, list) or not all(isinstance(p, dict) and set(p) <= set(search) for p in start):
         c.fail("start", "must be a list of mappings that give values of searched keys")
-    reference = raw.get("reference") or []
-    if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
-        c.fail("reference", "must be a list of mappings (the settings and the figure a report reached)")
+    types = setting_types(raw["model"])
+    start = [{k: _check_value(c, f"start[{i}].{k}", v, types[k], k) for k, v in p.items()} for i, p in enumerate(start)]
+    reference = _check_reference(c, raw.get("reference") or [], types, set(fixed) | set(search))
     return Space(name=path.stem, path=path, description=str(raw["description"]).strip(), dataset=raw["dataset"],
                  model=raw["model"], fixed=fixed, search=search, metric=metric, mode=mode,
                  num_samples=num_samples, resources=_check_resources(c, raw), val_fraction=val_fraction,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ResultGrid
 
+from tuner.reference import comparison, reference_figures
 from tuner.search import end_reason
 from tuner.spaces import Space
 
@@ -36,7 +37,9 @@ def leaderboard(results: ResultGrid, space: Space) -> pd.DataFrame:
         best, best_epoch = _best(r.metrics_dataframe, metric, space.mode)
         row = {"trial_id": trial_id_of(r)}
         row.update({k: r.config.get(k) for k in space.search})
-        row.update({f"best_{metric}": best, "best_epoch": best_epoch, "epochs": int(last.get("epoch", 0) or 0),
+        row[f"best_{metric}"] = best
+        row.update(reference_figures(r.config or {}, space.reference))   # the report's figure for this setting
+        row.update({"best_epoch": best_epoch, "epochs": int(last.get("epoch", 0) or 0),
                     "end_reason": end_reason(str(r.error) if r.error else None, last, space.grace_period,
                                              space.reduction_factor, space.max_epochs)})
         rows.append(row)
@@ -70,9 +73,19 @@ def print_summary(board: pd.DataFrame, space: Space, best_config: dict, test: di
         print(f"\nBest trial {board.iloc[0]['trial_id']}: {space.metric} {board.iloc[0][f'best_{space.metric}']:.4f}, "
               f"test accuracy {test['test_accuracy']:.4f} (test loss {test['test_loss']:.4f}, "
               f"{test['test_images']} held-out images)")
+    for line in reference_lines(board, space, test):   # the report's figures against the search's
+        print(line)
     print()
     for label, value in where.items():
         print(f"{label:>14}: {value}")
+
+
+def reference_lines(board: pd.DataFrame, space: Space, test: dict | None) -> list[str]:
+    if not space.reference or board.empty:
+        return []
+    ours = {space.metric: float(board.iloc[0][f"best_{space.metric}"]), **(test or {})}
+    matched = int(board.filter(like="report_").notna().any(axis=1).sum())
+    return ["", *comparison(space.reference, ours, matched)]
 
 
 def ui_command(uri: str) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from models import ArchitectureError, build_model
+from tuner import transfer
 from tuner.data import TrialData
 from tuner.train import (DeviceData, EarlyStopping, TrainConfig, build_optimizer, build_schedule, evaluate,
                          train_epoch)
@@ -60,20 +61,25 @@ def device_data(data: TrialData, device: torch.device) -> DeviceData:
 class TrialState:
     """Everything a checkpoint holds."""
 
-    def __init__(self, config: dict, data: TrialData, device: torch.device):
+    def __init__(self, config: dict, data: TrialData, device: torch.device, pretrained: dict | None = None):
         self.cfg = TrainConfig.from_config(config)
         torch.manual_seed(self.cfg.seed)          # same seed, same init: trials differ by their config only
         self.model = build_model(config["model"], config, data.input_shape, data.num_classes).to(device)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        # transfer: pretrained weights, layers that never train, the head's learning rate, the frozen backbone
+        self.transfer = transfer.prepare(self.model, config, pretrained)
         steps = -(-len(data.train_idx) // self.cfg.batch_size)
-        self.optimizer = build_optimizer(self.model, self.cfg)
+        groups = transfer.optimizer_groups(self.model, self.cfg, self.transfer)
+        self.optimizer = build_optimizer(self.model, self.cfg, groups)
         self.schedule = build_schedule(self.optimizer, self.cfg, steps)
+        # The average is a copy made before the freezing hook is attached: it is only ever evaluated.
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True) \
+            if self.cfg.ema > 0 else None
+        self.transfer.attach(self.model, self.schedule)
         self.stopper = EarlyStopping(self.cfg.patience, self.cfg.early_stop_on, self.cfg.min_delta)
         self.gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
         self.epoch = 0
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True) \
-            if self.cfg.ema > 0 else None
         # Compiled for training steps only: evaluation and checkpoints use the plain module (same weights).
         self.step_model = torch.compile(self.model) if self.cfg.compile else self.model
 
@@ -118,12 +124,14 @@ def _fault_hook(epoch: int) -> None:
         raise RuntimeError(f"injected fault at epoch {epoch} (TUNER_FAULT_EPOCH)")
 
 
-def run_trial(config: dict, data: TrialData, report: Report, start: str | Path | None = None) -> None:
-    """Train for ``config['max_epochs']`` epochs (or until early stopping), reporting after each."""
+def run_trial(config: dict, data: TrialData, report: Report, start: str | Path | None = None,
+              pretrained: dict | None = None) -> None:
+    """Train for ``config['max_epochs']`` epochs (or until early stopping), reporting after each; ``pretrained``
+    is a state dict to start from (see ``tuner.transfer``)."""
     metric, mode = config.get("metric", "val_accuracy"), config.get("mode", "max")
     device = pick_device()
     try:
-        state = TrialState(config, data, device)
+        state = TrialState(config, data, device, pretrained)
     except ArchitectureError as exc:
         # Rejected before training: the worst score teaches the searcher to avoid it; the search goes on.
         report({metric: worst_value(metric, mode), "epoch": 0, "end_reason": f"invalid architecture: {exc}"}, None)
@@ -159,8 +167,9 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
             return
 
 
-def train_trial(config: dict, data: TrialData) -> None:
-    """The Ray Tune function trainable (wrapped with ``tune.with_parameters`` to receive ``data``)."""
+def train_trial(config: dict, data: TrialData, pretrained: dict | None = None) -> None:
+    """The Ray Tune function trainable (wrapped with ``tune.with_parameters`` to receive ``data`` and the
+    search's ``pretrained`` weights)."""
     import ray
     from ray import tune
 
@@ -176,7 +185,7 @@ def train_trial(config: dict, data: TrialData) -> None:
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(config, data, report)
+        run_trial(config, data, report, pretrained=pretrained)
     else:
         with checkpoint.as_directory() as folder:
-            run_trial(config, data, report, start=folder)
+            run_trial(config, data, report, start=folder, pretrained=pretrained)
