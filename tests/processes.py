@@ -64,7 +64,7 @@ def kill_processes_mentioning(text: str) -> None:
 
 
 def child_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []

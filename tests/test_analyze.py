@@ -45,7 +45,7 @@ def report(quickstart, tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     rc = main(["--search", "qs", "--tracking-uri", uri, "--out", str(out), *SIZES])
     summary = json.loads((out / "summary.json").read_text()) if rc == 0 else {}
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     return SimpleNamespace(rc=rc, out=out, uri=uri, summary=summary, client=client,
                            run=client.get_run(summary["best_run_id"]) if summary else None)
 
@@ -208,7 +208,7 @@ def test_every_transform_changes_images_keeps_their_shape_and_is_seeded():
 
 def fake_search(uri: str, dataset: str) -> None:
     """A finished search's runs as MLflow holds them, without a logged model."""
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.create_experiment("s")
     parent = client.create_run(exp, tags={"tuner.search": "s1", "tuner.best_trial_id": "t1"})
     child = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "tuner.trial_id": "t1",
@@ -243,6 +243,6 @@ def test_run_with_analyze_reports_the_search_it_just_finished(ray_session, tmp_p
     assert run_main(search_args(tmp_path, "--space", "quickstart", "--smoke", "--name", "qa", "--analyze")) == 0
     summary = json.loads((tmp_path / "analysis" / "qa" / "summary.json").read_text())
     assert (tmp_path / "analysis" / "qa" / "report.html").stat().st_size > 10_000
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}", registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     logged = {Path(a.path).name for a in client.list_artifacts(summary["best_run_id"], "analysis")}
     assert "report.html" in logged and set(summary["files"]) == logged

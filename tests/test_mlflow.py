@@ -27,7 +27,7 @@ BUDGET = ["--num-samples", "6", "--max-epochs", "6"]   # a quickstart search, on
 def check_search(uri: str, storage, name: str, experiment: str = "quickstart"):
     """The checks the issue asks of any store: one parent, a nested child per trial, steps = epochs, and a
     registered champion that reproduces its logged test accuracy."""
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`tuner.search` = '{name}'")
     (parent,) = runs
@@ -135,7 +135,7 @@ def test_a_server_that_goes_away_does_not_kill_the_search(tmp_path):
            str(tmp_path / "rr"), "--tracking-uri", srv.uri, "--num-samples", "8", "--max-epochs", "20"]
     search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        client = MlflowClient(srv.uri)
+        client = MlflowClient(srv.uri, registry_uri=srv.uri)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:   # until the first trials have logged some epochs
             exp = client.get_experiment_by_name("quickstart")

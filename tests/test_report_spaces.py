@@ -4,13 +4,11 @@ Every shipped space whose data is local trains a trial for an epoch of 128 image
 settings a smoke search tries first (the path of a ``--smoke`` trial at an eighth of its size); the transfer
 spaces start from weights of a model trained here first (no ImageNet weights here). Two real searches: a
 CIFAR-10 search registers its champion, and a second search transfers from it, with the report's figures
-beside its own. ``TUNER_SMOKE_ALL=1`` also runs ``--smoke`` through Ray for every such space (minutes on two
-cores).
+beside its own. And ``--smoke`` through Ray for every such space (a few minutes on two cores).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import mlflow
@@ -110,10 +108,10 @@ def test_every_space_with_local_data_trains_a_trial(name, small_data, trained_we
     assert 0 <= results[0]["val_accuracy"] <= 1 and results[0]["train_loss"] > 0
 
 
-def smoke(store, data_dir, name: str, *extra: str) -> pd.DataFrame:
+def smoke(store, data_dir, name: str, *extra: str, label: str = "") -> pd.DataFrame:
     space = load_space(name)
     folder = FOLDERS[space.dataset]
-    label = f"smoke-{space.name}"
+    label = label or f"smoke-{space.name}"
     args = ["--space", name, "--smoke", "--name", label, *extra]
     args += ["--data-dir", str(data_dir / folder)] if folder else []
     assert main(search_args(store, *args)) == 0
@@ -128,10 +126,11 @@ def test_transfer_from_the_champion_of_an_earlier_search(ray_session, data_dir, 
     space = load_space(str(tmp_path / "transfer.yaml"))
     uri = f"sqlite:///{store / 'mlflow.db'}"
     found = resolve_pretrained(space, {}, uri, False)
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
     source = client.get_run(client.get_model_version_by_alias("cifar_lrn", "champion").run_id).data.params
     assert found.settings == {"pool": source["pool"], "lrn": source["lrn"]}   # the champion's architecture
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)          # models:/ resolves through the process-wide registry URI
     champion = mlflow.pytorch.load_model("models:/cifar_lrn@champion").model
     assert champion.state_dict().keys() == found.state.keys()
     assert all(torch.equal(found.state[k], v) for k, v in champion.state_dict().items())
@@ -153,10 +152,9 @@ def test_transfer_from_the_champion_of_an_earlier_search(ray_session, data_dir, 
     assert "This search's best: test_accuracy" in printed
 
 
-@pytest.mark.skipif(not os.environ.get("TUNER_SMOKE_ALL"), reason="set TUNER_SMOKE_ALL=1 to run --smoke for each space")
 @pytest.mark.parametrize("name", LOCAL)
 def test_smoke_search_of_each_space_with_local_data(ray_session, data_dir, store, trained_weights, name):
     space = load_space(name)
     extra = [f"--set={k}={v}" for k, v in transfer_overrides(space, trained_weights).items()]
-    board = smoke(store, data_dir, name, *extra)
+    board = smoke(store, data_dir, name, *extra, label=f"smoke-all-{name}")
     assert len(board) == 2 and (board["end_reason"] == "completed").any()

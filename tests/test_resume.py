@@ -45,7 +45,7 @@ def test_a_killed_search_resumes_where_it_was(tmp_path):
     folder = tmp_path / "rr" / "k"
     board = pd.read_csv(folder / "leaderboard.csv")
     assert len(board) == SAMPLES and board["trial_id"].is_unique
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     for trial_id, run in finished_before.items():     # finished trials kept, with their results
         row = board[board["trial_id"] == trial_id]
         assert len(row) == 1
@@ -85,7 +85,7 @@ def test_a_crashing_trial_is_retried_from_its_checkpoint(tmp_path):
     trial_dir = tmp_path / "rr" / "f" / f"trial_{crashed.data.tags['tuner.trial_id']}"
     epochs = pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist()
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 3
-    steps = [m.step for m in MlflowClient(uri).get_metric_history(crashed.info.run_id, "val_accuracy")]
+    steps = [m.step for m in MlflowClient(uri, registry_uri=uri).get_metric_history(crashed.info.run_id, "val_accuracy")]
     assert steps == list(range(1, len(epochs) + 1))
     board = pd.read_csv(tmp_path / "rr" / "f" / "leaderboard.csv")
     assert len(board) == 3 and not board["end_reason"].str.startswith("failed").any()

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def runs_of(db, experiment: str):
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -52,9 +52,9 @@ def requirements() -> list[str]:
             f"numpy=={np.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
 
 
-def log_candidate(c: Candidate, registry_name: str, example: np.ndarray, num_classes: int, tags: dict) -> str:
+def log_candidate(c: Candidate, registry_name: str, example: np.ndarray, num_classes: int, tags: dict,
+                  client: MlflowClient) -> str:
     """Log one model on its trial's run and register it; returns the new version."""
-    client = MlflowClient()
     ended = client.get_run(c.run_id).info
     with mlflow.start_run(run_id=c.run_id):
         info = mlflow.pytorch.log_model(
@@ -80,11 +80,15 @@ def current_champion_accuracy(client: MlflowClient, name: str, dataset: str) -> 
     return float(mv.tags["test_accuracy"])
 
 
-def publish(candidates: list[Candidate], registry_name: str, example: np.ndarray, num_classes: int,
+def publish(uri: str, candidates: list[Candidate], registry_name: str, example: np.ndarray, num_classes: int,
             tags: dict) -> dict:
-    """Log and register every candidate (best first); alias the best. Returns what was done."""
-    client = MlflowClient()
-    versions = [log_candidate(c, registry_name, example, num_classes, tags) for c in candidates]
+    """Log and register every candidate (best first) in the store at ``uri``; alias the best. Returns what
+    was done."""
+    # log_model registers through the process-wide URIs; the client names its own.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    versions = [log_candidate(c, registry_name, example, num_classes, tags, client) for c in candidates]
     best, version = candidates[0], versions[0]
     previous = current_champion_accuracy(client, registry_name, tags.get("dataset", ""))
     alias = "champion"

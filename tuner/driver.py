@@ -18,6 +18,7 @@ from tuner.errors import UserError
 from tuner.pretrained import resolve_pretrained
 from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_settings
 from tuner.spaces import Space, load_space, parse_override
+from tuner.timing import Timings
 from tuner.tracking import Tracking
 
 log = logging.getLogger("tuner")
@@ -98,37 +99,53 @@ def tracking_uri_for(args, opts: SearchOptions) -> str:
     return uri
 
 
-def run_search(args: argparse.Namespace) -> int:
-    from tuner.cluster import check_multi_node, connect_ray, trial_resources
-    from tuner.outcome import conclude
+def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData]:
+    """The space, the search's options and its data: every input checked, nothing started."""
     from tuner.run import default_name
-    from tuner.tracking import TrialRuns, check_tracking
 
     space = load_space(args.space)
     overrides = dict(parse_override(o, space) for o in args.overrides)
     if args.resume and not args.name:
         raise UserError("--resume needs --name: the name of the search to continue")
     num_samples, max_epochs, limit = budget(args, space)
-    data_dir = resolve_data_dir(args.data_dir)
-    data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
+    data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, args.seed,
+                              args.download, limit)
     opts = SearchOptions(args.name or default_name(space.name), storage_location(args.storage_path), num_samples,
                          max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
     check_name(opts, args.resume)
-    uri = tracking_uri_for(args, opts)
-    client = check_tracking(uri)                        # before Ray starts
-    weights = resolve_pretrained(space, opts.overrides, uri, args.download)   # transfer: before Ray starts too
-    opts.pretrained, opts.overrides = weights.state, {**opts.overrides, **weights.settings}
-    opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, connect_ray(args.address))
-    check_multi_node(opts.storage_path, uri)
-    eff = effective_space(space, opts)
-    tracking = start_tracking(args, uri, client, eff, opts)
-    opts.callbacks = [tracking.trial_runs]
-    results = make_tuner(args, space, data, opts).fit()
+    return space, opts, data
+
+
+def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
+    from tuner.cluster import check_multi_node, connect_ray, trial_resources
+    from tuner.outcome import conclude
+    from tuner.tracking import TrialRuns, check_tracking
+
+    timings = timings if timings is not None else Timings()
+    with timings.phase("setup"):
+        space, opts, data = prepare(args)
+        uri = tracking_uri_for(args, opts)
+        client = check_tracking(uri)                        # before Ray starts
+        weights = resolve_pretrained(space, opts.overrides, uri, args.download)   # transfer: before Ray too
+        opts.pretrained, opts.overrides = weights.state, {**opts.overrides, **weights.settings}
+    with timings.phase("Ray start"):
+        cluster = connect_ray(args.address)
+    with timings.phase("setup"):
+        opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, cluster)
+        check_multi_node(opts.storage_path, uri)
+        eff = effective_space(space, opts)
+        tracking = start_tracking(args, uri, client, eff, opts)
+        opts.callbacks = [tracking.trial_runs]
+    with timings.phase("search"):
+        results = make_tuner(args, space, data, opts).fit()
     tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
-    test_set = load_part(space.dataset, data_dir, "test", args.download)
-    code = conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)
+    with timings.phase("conclusion"):
+        test_set = load_part(space.dataset, resolve_data_dir(args.data_dir), "test", args.download)
+        code = conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)
+    print(f"{'wall time':>14}: {timings.line()}")
     if code == 0 and args.analyze:
         from tuner.analyze import analyze_search
 
-        analyze_search(opts.name, uri, data_dir, args.experiment or space.name, args.download)
+        analyze_search(opts.name, uri, resolve_data_dir(args.data_dir), args.experiment or space.name,
+                       args.download)
     return code

@@ -30,8 +30,6 @@ def best_models(results, scored, space: Space, data: TrialData, test_set: ImageS
 
 def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet, opts: SearchOptions, k: int):
     """Log and register the k best models; returns (what was registered or None, failures)."""
-    import mlflow
-
     from tuner.champion import Candidate, publish
 
     runs, safe = tracking.trial_runs.runs, tracking.trial_runs.mlflow
@@ -46,11 +44,9 @@ def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet,
                   for i, (tid, _, model, test) in enumerate(best[:k]) if tid in runs]
     if not candidates:
         return None, ["models (no trial run in MLflow)"]
-    mlflow.set_tracking_uri(tracking.uri)
-    mlflow.set_registry_uri(tracking.uri)
     example = (test_set.images[:2].astype(np.float32) / 255.0)
     try:
-        done = publish(candidates, space.name, example, len(test_set.classes),
+        done = publish(tracking.uri, candidates, space.name, example, len(test_set.classes),
                        {"search": opts.name, "dataset": space.dataset, "space": space.name})
     except Exception as exc:   # a registry that went away must not lose the rest of the outcome
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

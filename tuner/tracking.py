@@ -81,7 +81,7 @@ def check_tracking(uri: str) -> MlflowClient:
     elif scheme not in ("sqlite", "file", "postgresql", "mysql", "databricks", ""):
         raise UserError(f"tracking URI {uri} has an unsupported scheme {scheme!r}; use http(s)://host:port or "
                         f"sqlite:///path/mlflow.db")
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:
@@ -96,8 +96,9 @@ class SafeClient:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = MlflowClient(uri)
+        self.client = MlflowClient(uri, registry_uri=uri)
         self.missed: list[str] = []
+        self.seconds = 0.0                     # spent in MLflow calls (benchmarks/overhead.py reads it)
         self._offline_until = 0.0
 
     @property
@@ -108,6 +109,7 @@ class SafeClient:
         if time.monotonic() < self._offline_until:
             self.missed.append(what)
             return FAILED
+        start = time.perf_counter()
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except Exception as exc:
@@ -117,6 +119,8 @@ class SafeClient:
             self._offline_until = time.monotonic() + OFFLINE_RETRY_SECONDS
             self.missed.append(what)
             return FAILED
+        finally:
+            self.seconds += time.perf_counter() - start
 
     def __getstate__(self):
         return {"uri": self.uri, "missed": self.missed}   # Ray pickles callbacks; clients do not travel

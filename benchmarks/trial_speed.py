@@ -1,0 +1,152 @@
+"""Training images per second: tuner's epoch loop against a plain torchvision DataLoader with per-item
+transforms (the way the course reports trained), with the same model, data, batch, optimizer and device,
+measured side by side in one run.
+
+    python benchmarks/trial_speed.py --dataset mnist --model report003_mnist
+    python benchmarks/trial_speed.py --dataset cifar10 --data-dir ../shared/data/cifar-10-subset \
+        --model report003_cifar --augment crop_flip
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2 as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import build_model  # noqa: E402
+from tuner.cli import Help  # noqa: E402
+from tuner.data import channel_stats, load_part, resolve_data_dir  # noqa: E402
+from tuner.train import DeviceData, TrainConfig, build_optimizer, build_schedule, train_epoch  # noqa: E402
+from tuner.trial import pick_device  # noqa: E402
+
+
+class PerItemDataset(Dataset):
+    """What torchvision's MNIST/CIFAR datasets do: one PIL image per item, then the transforms."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+        return self.transform(pil), int(self.labels[i])
+
+
+def per_item_transform(augment: str, mean, std, size: int) -> T.Compose:
+    steps = []
+    if augment in ("crop", "crop_flip"):
+        steps.append(T.RandomCrop(size, padding=4))
+    if augment in ("flip", "crop_flip"):
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+
+
+def dataloader_epoch(model, opt, images, labels, cfg: TrainConfig, device, workers: int) -> float:
+    """The reports' loop: a DataLoader over per-item transforms, a host sync (loss.item()) every step."""
+    mean, std = channel_stats(images)
+    data = PerItemDataset(images, labels, per_item_transform(cfg.augment, mean, std, images.shape[-1]))
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    model.train()
+    start, running = time.perf_counter(), 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        running += loss.item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(labels) / (time.perf_counter() - start)
+
+
+def tuner_epoch(model, opt, schedule, data: DeviceData, cfg: TrainConfig, gen) -> float:
+    start = time.perf_counter()
+    train_epoch(model, opt, schedule, data, cfg, gen)       # reads its loss back once, at the end
+    if data.x_train.is_cuda:
+        torch.cuda.synchronize()
+    return len(data.y_train) / (time.perf_counter() - start)
+
+
+def device_data(images, labels, device) -> DeviceData:
+    mean, std = channel_stats(images)
+    x, y = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
+    stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
+    return DeviceData(x, y, x[:2], y[:2], stat(mean), stat(std))
+
+
+def fresh(args, shape, classes, device, cfg):
+    torch.manual_seed(0)
+    model = build_model(args.model, {}, shape, classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(model, cfg)
+
+
+def measure(args) -> dict:
+    device = torch.device(args.device) if args.device != "auto" else pick_device()
+    torch.set_num_threads(args.threads)
+    part = load_part(args.dataset, resolve_data_dir(args.data_dir), "train")
+    images, labels = part.images[:args.images], part.labels[:args.images]
+    cfg = TrainConfig(batch_size=args.batch_size, augment=args.augment, lr=1e-3)
+    shape, classes = images.shape[1:], len(part.classes)
+    rates = {"DataLoader, per-item transforms": [], "tuner, device-resident tensors": []}
+    data, gen = device_data(images, labels, device), torch.Generator(device=device).manual_seed(0)
+    for epoch in range(args.epochs + 1):        # epoch 0 warms both up (allocator, cuDNN autotuning)
+        model, opt = fresh(args, shape, classes, device, cfg)
+        rate = dataloader_epoch(model, opt, images, labels, cfg, device, args.workers)
+        model, opt = fresh(args, shape, classes, device, cfg)
+        schedule = build_schedule(opt, cfg, -(-len(labels) // cfg.batch_size))
+        ours = tuner_epoch(model, opt, schedule, data, cfg, gen)
+        if epoch:
+            rates["DataLoader, per-item transforms"].append(rate)
+            rates["tuner, device-resident tensors"].append(ours)
+    return {"device": str(device), "rates": {k: statistics.median(v) for k, v in rates.items()}}
+
+
+def table(result: dict, args) -> str:
+    base = result["rates"]["DataLoader, per-item transforms"]
+    lines = [f"trial_speed: {args.model} on {args.images} {args.dataset} images, batch {args.batch_size}, "
+             f"augment {args.augment}, {result['device']} ({args.threads} threads), median of {args.epochs} epochs",
+             "", "| loop | images/s | ratio |", "|---|---:|---:|"]
+    for name, rate in result["rates"].items():
+        lines.append(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
+    p.add_argument("--model", default="report003_mnist")
+    p.add_argument("--images", type=int, default=12000, help="training images per epoch")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--augment", default="none", help="none, flip, crop, crop_flip (both loops)")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per loop, after one warm-up epoch")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    args = p.parse_args(argv)
+    result = measure(args)
+    print(table(result, args))
+    print(f"\nmachine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
