@@ -12,6 +12,7 @@ import time
 START = time.perf_counter()   # before the heavy imports: they are part of what a user waits for
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -32,13 +33,15 @@ IMPORTED = time.perf_counter()
 def trial_times(folder: Path) -> dict[str, float]:
     """Sums over every trial's reported epochs: training steps, evaluation, and the rest of each trial's
     time (model build, data to device, checkpoint save and persist, report)."""
-    train = evaluate = total = 0.0
+    train = evaluate = total = epochs = 0.0
     for progress in folder.glob("trial_*/progress.csv"):
         df = pd.read_csv(progress)
+        epochs += (df.get("epoch", pd.Series(dtype=float)).fillna(0) > 0).sum()
         train += df.get("epoch_seconds", pd.Series(dtype=float)).fillna(0).sum()
         evaluate += df.get("eval_seconds", pd.Series(dtype=float)).fillna(0).sum()
         total += df["time_this_iter_s"].sum()
-    return {"train": train, "eval": evaluate, "trial_other": total - train - evaluate, "trials_total": total}
+    return {"train": train, "eval": evaluate, "trial_other": total - train - evaluate, "trials_total": total,
+            "trial_epochs": int(epochs)}
 
 
 def measure(args) -> dict:
@@ -51,9 +54,10 @@ def measure(args) -> dict:
         start = time.perf_counter()
         code = run_search(parse_args(cli), timings)
         wall = time.perf_counter() - start
-        live = TrialRuns._live
-        mlflow_s = sum(t.mlflow.seconds for t in live.values())
-        parts = trial_times(Path(tmp) / "rr" / "overhead")
+        folder = Path(tmp) / "rr" / "overhead"
+        run_id = json.loads((folder / "search_settings.json").read_text())["search_run_id"]
+        mlflow_s = TrialRuns.live(run_id).mlflow.seconds
+        parts = trial_times(folder)
     return {"code": code, "imports": IMPORTED - START, "wall": wall, "phases": timings.seconds,
             "mlflow_trials": mlflow_s, **parts}
 
@@ -70,7 +74,8 @@ def table(m: dict, args) -> str:
             ("MLflow writes for trials (driver)", m["mlflow_trials"]),
             ("scheduling, worker start, driver loop", fit - m["trials_total"] - m["mlflow_trials"]),
             ("conclusion: test score, models to the registry, plots", m["phases"].get("conclusion", 0))]
-    lines = [f"overhead: {args.space}, {args.concurrent} trial(s) at a time; wall time {total:.1f} s", "",
+    lines = [f"overhead: {args.space}, {args.concurrent} trial(s) at a time, {m['trial_epochs']} trial-epochs; "
+             f"wall time {total:.1f} s", "",
              "| part | seconds | share |", "|---|---:|---:|"]
     lines += [f"| {name} | {secs:.1f} | {secs / total:.1%} |" for name, secs in rows]
     not_training = 1 - m["train"] / total

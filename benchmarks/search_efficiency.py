@@ -2,12 +2,14 @@
 the same space with the same budget of trial-epochs, over several seeds: the best validation accuracy each
 reaches, and how many trial-epochs each needs to reach random search's final best.
 
-    python benchmarks/search_efficiency.py --space quickstart --budget 240 --seeds 0 1 2
+    python benchmarks/search_efficiency.py --budget 200 --seeds 0 1 2            # report 003's MNIST space
+    python benchmarks/search_efficiency.py --set lr=0.001 --set weight_decay=1e-7  # all choices: + grid
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -25,9 +27,9 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 from tuner.cli import Help  # noqa: E402
-from tuner.data import prepare_trial_data, resolve_data_dir  # noqa: E402
+from tuner.data import limit_indices, prepare_trial_data, resolve_data_dir  # noqa: E402
 from tuner.search import SearchOptions, effective_space, make_scheduler, make_searcher, make_trainable  # noqa: E402
-from tuner.spaces import load_space  # noqa: E402
+from tuner.spaces import load_space, parse_override  # noqa: E402
 
 
 class EpochBudget(tune.Stopper):
@@ -56,10 +58,11 @@ class Trace(tune.Callback):
             self.scores.append(float(result[self.metric]))
 
 
-def run_method(method: str, space, data, seed: int, budget: int, storage: str) -> list[float]:
+def run_method(method: str, space, data, seed: int, budget: int, storage: str, overrides: dict) -> list[float]:
     """One search; returns the best-so-far score after each trial-epoch."""
     opts = SearchOptions(f"{method}-{seed}", storage, num_samples=budget, max_epochs=space.max_epochs,
-                         cpus_per_trial=1, gpus_per_trial=0, seed=seed, verbose=0, grid=method == "grid")
+                         cpus_per_trial=1, gpus_per_trial=0, seed=seed, verbose=0, grid=method == "grid",
+                         overrides=overrides)
     space = effective_space(space, opts)
     trace = Trace(space.metric)
     if method == "asha+tpe":
@@ -67,7 +70,9 @@ def run_method(method: str, space, data, seed: int, budget: int, storage: str) -
     else:   # every trial runs to max_epochs: FIFO
         searcher = BasicVariantGenerator(random_state=seed, max_concurrent=0)
         scheduler, params = FIFOScheduler(), space.grid_space() if method == "grid" else space.param_space()
-    samples = 1 if method == "grid" else max(budget // (space.grace_period if method == "asha+tpe" else 1), 1)
+    # Enough trials to spend the budget: every random trial runs max_epochs; an ASHA trial may stop at grace.
+    per_trial = space.grace_period if method == "asha+tpe" else space.max_epochs
+    samples = 1 if method == "grid" else math.ceil(budget / per_trial)
     tuner = tune.Tuner(make_trainable(data, opts), param_space=params,
                        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher,
                                                    scheduler=scheduler, num_samples=samples, reuse_actors=True),
@@ -94,32 +99,42 @@ def summarise(curves: dict[str, dict[int, list[float]]], budget: int) -> list[di
             target = curves["fifo+random"][seed][-1]
             reach.append(epochs_to_reach(curve, target))
         finals = [c[-1] for c in by_seed.values()]
-        rows.append({"method": method, "best": statistics.mean(finals),
+        rows.append({"method": method, "best": statistics.mean(finals), "finals": finals,
                      "spread": statistics.pstdev(finals), "reach": reach, "budget": budget})
     return rows
 
 
 def table(rows: list[dict], args) -> str:
-    lines = [f"search_efficiency: space {args.space}, budget {args.budget} trial-epochs, seeds {args.seeds}", "",
-             "| method | best val score (mean ± sd) | trial-epochs to reach random's final best, per seed | "
-             "share of the budget |", "|---|---:|---|---:|"]
+    fixed = f", fixed {' '.join(args.overrides)}" if args.overrides else ""
+    lines = [f"search_efficiency: space {args.space}{fixed}, {args.train_images} training images per trial, "
+             f"budget {args.budget} trial-epochs, seeds {args.seeds}", "",
+             "| method | best val score (mean ± sd) | best, per seed | trial-epochs to reach random's final best, "
+             "per seed | share of the budget |", "|---|---:|---|---|---:|"]
     for r in rows:
         reached = [x for x in r["reach"] if x is not None]
         share = f"{statistics.mean(reached) / r['budget']:.2f}" if len(reached) == len(r["reach"]) else "not all"
         lines.append(f"| {r['method']} | {r['best']:.4f} ± {r['spread']:.4f} | "
+                     f"{', '.join(f'{f:.4f}' for f in r['finals'])} | "
                      f"{', '.join('never' if x is None else str(x) for x in r['reach'])} | {share} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
-    p.add_argument("--space", default="quickstart")
-    p.add_argument("--budget", type=int, default=240, help="trial-epochs each search may spend")
+    p.add_argument("--space", default="mnist_filters_strides")
+    p.add_argument("--budget", type=int, default=200, help="trial-epochs each search may spend")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-epochs", type=int, help="override the space's max_epochs")
+    p.add_argument("--train-images", type=int, default=8000,
+                   help="training images per trial (a stratified subset; the validation split stays whole)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a setting, as tuner.run --set (fixing every non-choice adds the grid)")
     p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
     args = p.parse_args(argv)
     space = load_space(args.space)
+    overrides = dict(parse_override(o, space) for o in args.overrides)
+    space.search = {k: v for k, v in space.search.items() if k not in overrides}
+    space.start = []    # no head start from a report's known best setting: both methods sample from scratch
     if space.mode != "max":
         raise SystemExit(f"{args.space} minimises {space.metric}; this benchmark compares maximised scores")
     if args.max_epochs:
@@ -132,8 +147,9 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as storage:
         for seed in args.seeds:
             data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, seed)
+            data.train_idx = limit_indices(data.train_idx, data.labels, args.train_images, seed)
             for method in methods:
-                curves[method][seed] = run_method(method, space, data, seed, args.budget, storage)
+                curves[method][seed] = run_method(method, space, data, seed, args.budget, storage, overrides)
     if started:
         ray.shutdown()
     rows = summarise(curves, args.budget)

@@ -98,6 +98,16 @@ def fresh(args, shape, classes, device, cfg):
     return model, build_optimizer(model, cfg)
 
 
+def compiled_rates(args, shape, classes, device, cfg, data, gen) -> dict:
+    """tuner's loop with torch.compile: the first epoch (compiling) and the steady ones."""
+    model, opt = fresh(args, shape, classes, device, cfg)
+    step_model = torch.compile(model)
+    schedule = build_schedule(opt, cfg, -(-len(data.y_train) // cfg.batch_size))
+    first = tuner_epoch(step_model, opt, schedule, data, cfg, gen)
+    steady = [tuner_epoch(step_model, opt, schedule, data, cfg, gen) for _ in range(args.epochs)]
+    return {"first": first, "steady": statistics.median(steady)}
+
+
 def measure(args) -> dict:
     device = torch.device(args.device) if args.device != "auto" else pick_device()
     torch.set_num_threads(args.threads)
@@ -116,7 +126,10 @@ def measure(args) -> dict:
         if epoch:
             rates["DataLoader, per-item transforms"].append(rate)
             rates["tuner, device-resident tensors"].append(ours)
-    return {"device": str(device), "rates": {k: statistics.median(v) for k, v in rates.items()}}
+    out = {"device": str(device), "rates": {k: statistics.median(v) for k, v in rates.items()}}
+    if args.compile:
+        out["compiled"] = compiled_rates(args, shape, classes, device, cfg, data, gen)
+    return out
 
 
 def table(result: dict, args) -> str:
@@ -126,6 +139,15 @@ def table(result: dict, args) -> str:
              "", "| loop | images/s | ratio |", "|---|---:|---:|"]
     for name, rate in result["rates"].items():
         lines.append(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |")
+    if "compiled" in result:
+        c, plain = result["compiled"], result["rates"]["tuner, device-resident tensors"]
+        lines.append(f"| tuner + torch.compile (steady epochs) | {c['steady']:,.0f} | {c['steady'] / base:.2f}x |")
+        n = args.images
+        compile_s = n / c["first"] - n / c["steady"]              # the first epoch's extra time
+        gain_s = n / plain - n / c["steady"]                       # saved per later epoch (may be < 0)
+        verdict = (f"pays off after {compile_s / gain_s:.0f} epochs of {n} images" if gain_s > 0
+                   else "never pays off here: compiled epochs are not faster")
+        lines += ["", f"torch.compile: {compile_s:.1f} s to compile; {verdict}"]
     return "\n".join(lines)
 
 
@@ -141,6 +163,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--compile", action="store_true", help="also time tuner's loop under torch.compile")
     args = p.parse_args(argv)
     result = measure(args)
     print(table(result, args))

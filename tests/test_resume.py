@@ -61,9 +61,14 @@ def test_a_killed_search_resumes_where_it_was(tmp_path):
         assert len(steps) == len(set(steps))
         assert run.info.status in ("FINISHED", "KILLED")
 
-    # The searcher came back with every trial it had told Optuna about: the study holds all trials, done.
+    # The searcher came back with every trial it had told Optuna about: the study holds all trials, done
+    # (complete, or pruned where ASHA stopped them).
     study = newest(folder, "searcher-state-*.pkl")["_ot_study"]
-    assert len(study.trials) == SAMPLES and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == SAMPLES and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    stopped = set(board.loc[board["end_reason"].str.startswith("stopped by ASHA"), "trial_id"])
+    pruned = {tid for tid, t in newest(folder, "searcher-state-*.pkl")["_ot_trials"].items()
+              if study.trials[t.number].state.name == "PRUNED"}
+    assert pruned == stopped
     # ASHA's rung records came back too: trials that finished before the kill never report again, so
     # they can only be in the resumed scheduler's rungs if the records were restored.
     rungs = next(s for s in newest(folder, "callback-states-*.pkl").values() if s and "rungs" in s)["rungs"]

@@ -94,3 +94,24 @@ def test_missing_data_dir_exits_2_with_one_line(tmp_path):
     line = one_line_error(*run_cli("--space", "mnist_filters_strides", "--data-dir", str(tmp_path / "none"),
                                    cwd=tmp_path))
     assert "dataset mnist not found" in line and "--download" in line
+
+
+def test_tpe_hears_of_asha_stops_as_pruned_trials_and_of_complete_ones_by_their_best_epoch():
+    from ray import tune
+
+    from tuner.search import FidelityAwareOptuna
+
+    searcher = FidelityAwareOptuna(metric="val_accuracy", mode="max", max_epochs=6)
+    searcher.set_search_properties("val_accuracy", "max", {"lr": tune.loguniform(1e-4, 1e-1)})
+    for trial_id, scores, end in (("stopped", [0.3, 0.4], None), ("done", [0.5, 0.9, 0.8, 0.7, 0.7, 0.6],
+                                                                       "completed"),
+                                  ("patience", [0.6, 0.5], "early-stopped by patience 1 at epoch 2")):
+        assert searcher.suggest(trial_id) is not None
+        for epoch, score in enumerate(scores, 1):
+            result = {"val_accuracy": score, "epoch": epoch, "training_iteration": epoch}
+            searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, {**result, **({"end_reason": end} if end else {})})
+    trials = {tid: searcher._ot_study.trials[t.number] for tid, t in searcher._ot_trials.items()}
+    assert trials["stopped"].state.name == "PRUNED" and trials["stopped"].intermediate_values == {1: 0.3, 2: 0.4}
+    assert trials["done"].state.name == "COMPLETE" and trials["done"].value == 0.9
+    assert trials["patience"].state.name == "COMPLETE" and trials["patience"].value == 0.6

@@ -44,15 +44,22 @@ def test_each_epoch_reports_every_metric_and_a_checkpoint(tmp_path, digits):
     assert {p.name for p in rec.checkpoints[0].iterdir()} == {"model.pt", "state.pt"}
 
 
-def test_a_trial_restarted_from_its_checkpoint_continues_where_it_was(tmp_path, digits):
+def straight_and_resumed(tmp_path, digits, config):
+    """The same trial run to the end, and run for one epoch then restarted from that checkpoint."""
     straight = Recorder(tmp_path / "a")
-    run_trial(CONFIG, digits, straight)
+    run_trial(config, digits, straight)
     first = Recorder(tmp_path / "b")
-    run_trial({**CONFIG, "max_epochs": 1}, digits, first)
+    run_trial({**config, "max_epochs": 1}, digits, first)
     resumed = Recorder(tmp_path / "c")
-    run_trial(CONFIG, digits, resumed, start=first.checkpoints[0])
+    run_trial(config, digits, resumed, start=first.checkpoints[0])
+    return straight, resumed
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_trial_restarted_from_its_checkpoint_continues_where_it_was(tmp_path, digits, ema):
+    straight, resumed = straight_and_resumed(tmp_path, digits, {**CONFIG, "ema": ema})
     assert [r["epoch"] for r in resumed.results] == [2, 3]
-    # Same weights, optimizer, schedule and RNG state: the continued run is the uninterrupted one.
+    # Same weights (and average), optimizer, schedule and RNG state: the continued run is the uninterrupted one.
     for a, b in zip(straight.results[1:], resumed.results):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
@@ -114,21 +121,14 @@ def test_learning_rate_schedules():
     assert [round(lr_factor(e * 10, step, 10), 6) for e in (0, 2, 3, 6)] == [1, 1, 0.1, 0.01]
 
 
-def test_an_averaged_model_is_what_is_evaluated_saved_and_resumed(tmp_path, digits):
+def test_an_averaged_model_is_what_is_evaluated_and_saved(tmp_path, digits):
     import torch as t
 
-    cfg = {**CONFIG, "ema": 0.9}
-    straight = Recorder(tmp_path / "a")
-    run_trial(cfg, digits, straight)
-    first = Recorder(tmp_path / "b")
-    run_trial({**cfg, "max_epochs": 1}, digits, first)
-    resumed = Recorder(tmp_path / "c")
-    run_trial(cfg, digits, resumed, start=first.checkpoints[0])
-    for a, b in zip(straight.results[1:], resumed.results):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
-    saved = t.load(straight.checkpoints[-1] / "model.pt", weights_only=True)
-    raw = t.load(straight.checkpoints[-1] / "state.pt", weights_only=True)["train_model"]
+    averaged = Recorder(tmp_path / "a")
+    run_trial({**CONFIG, "ema": 0.9}, digits, averaged)
+    saved = t.load(averaged.checkpoints[-1] / "model.pt", weights_only=True)
+    raw = t.load(averaged.checkpoints[-1] / "state.pt", weights_only=True)["train_model"]
     assert set(saved) == set(raw) and any(not t.equal(saved[k], raw[k]) for k in saved)
-    plain = Recorder(tmp_path / "d")
+    plain = Recorder(tmp_path / "b")
     run_trial(CONFIG, digits, plain)
-    assert plain.results[-1]["val_loss"] != pytest.approx(straight.results[-1]["val_loss"], rel=1e-6)
+    assert plain.results[-1]["val_loss"] != pytest.approx(averaged.results[-1]["val_loss"], rel=1e-6)

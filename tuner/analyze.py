@@ -19,8 +19,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from tuner.analysis.settings import Options, default_out  # noqa: E402
-from tuner.cli import Help  # noqa: E402
-from tuner.errors import UserError  # noqa: E402
+from tuner.cli import Help, exit_code  # noqa: E402
 
 DEFAULTS = Options("", "", Path("."), Path("."))
 
@@ -67,17 +66,14 @@ def analyze_search(search: str, tracking_uri: str, data_dir: Path, experiment: s
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def report() -> int:
         from tuner.analysis.report import run_report
 
         run_report(options(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return exit_code(report, "interrupted")
 
 
 if __name__ == "__main__":

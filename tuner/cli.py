@@ -1,6 +1,10 @@
-"""What the commands share: the help formatter."""
+"""What the commands share: the help formatter, and how a command ends on a user's mistake."""
 
 import argparse
+import sys
+from typing import Callable
+
+from tuner.errors import UserError
 
 
 class Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -10,3 +14,15 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         quiet = action.default is None or action.default is False or action.default == []
         return action.help if quiet else super()._get_help_string(action)
+
+
+def exit_code(action: Callable[[], int], on_interrupt: str) -> int:
+    """Run a command's body: a UserError is one line on stderr and status 2, Ctrl-C a hint and 130."""
+    try:
+        return action()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{on_interrupt}", file=sys.stderr)
+        return 130

@@ -21,8 +21,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from tuner.cli import Help  # noqa: E402
-from tuner.errors import UserError  # noqa: E402
+from tuner.cli import Help, exit_code  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,22 +62,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.list:
-            from tuner.spaces import list_spaces
+    return exit_code(lambda: list_or_search(args), "interrupted: continue with --resume --name <the search's name>")
 
-            for name, desc in list_spaces():
-                print(f"{name:24} {desc}")
-            return 0
-        from tuner.driver import run_search
 
-        return run_search(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with --resume --name <the search's name>", file=sys.stderr)
-        return 130
+def list_or_search(args: argparse.Namespace) -> int:
+    if args.list:
+        from tuner.spaces import list_spaces
+
+        for name, desc in list_spaces():
+            print(f"{name:24} {desc}")
+        return 0
+    from tuner.driver import run_search
+
+    return run_search(args)
 
 
 def default_name(space_name: str) -> str:

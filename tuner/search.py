@@ -68,6 +68,38 @@ def effective_space(space: Space, opts: SearchOptions) -> Space:
                                fixed={**space.fixed, **opts.overrides, "seed": opts.seed}, search=search, start=start)
 
 
+class FidelityAwareOptuna(OptunaSearch):
+    """OptunaSearch that tells TPE how each trial really ended.
+
+    Ray's OptunaSearch records every finished trial as COMPLETE with its last score, so a trial ASHA stopped
+    at epoch 2 competes, on its epoch-2 score, with trials trained to the end. Here a trial stopped before
+    ``max_epochs`` without an end of its own is PRUNED (TPE ranks pruned trials below complete ones, by how
+    far they got and then by their last score: the per-epoch scores are reported to Optuna as they come),
+    and a complete trial's value is its best epoch's, which is what the leaderboard ranks by.
+    """
+
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._best: dict[str, float] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        super().on_trial_result(trial_id, result)
+        value, best = result.get(self.metric), self._best.get(trial_id)
+        if value is not None and (best is None or (value > best if self.mode == "max" else value < best)):
+            self._best[trial_id] = value
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if error or not result or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if not result.get("end_reason") and 0 < result.get("epoch", 0) < self._max_epochs:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return None
+        best = self._best.get(trial_id, result.get(self.metric))
+        return super().on_trial_complete(trial_id, {**result, self.metric: best}, error)
+
+
 def startup_trials(space: Space) -> int:
     """Random trials before TPE models the results: a quarter of the budget, 3 to 10."""
     return min(10, max(3, space.num_samples // 4))
@@ -77,7 +109,8 @@ def make_searcher(space: Space, opts: SearchOptions):
     if opts.grid:
         return None   # Ray's default BasicVariantGenerator expands grid_search over the choices
     sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup_trials(space))
-    searcher = OptunaSearch(sampler=sampler, points_to_evaluate=space.start or None)
+    searcher = FidelityAwareOptuna(sampler=sampler, points_to_evaluate=space.start or None,
+                                   max_epochs=space.max_epochs)
     if opts.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
     return searcher
@@ -157,7 +190,7 @@ def run_config(space: Space, opts: SearchOptions, callbacks: list) -> tune.RunCo
 def search_settings(space: Space, opts: SearchOptions) -> dict:
     """The resolved search: what was searched, how, and on what (logged as params and as a JSON artifact)."""
     searcher = {"searcher": "grid (BasicVariantGenerator)"} if opts.grid else {
-        "searcher": "OptunaSearch (TPESampler)", "searcher_seed": opts.seed, "startup_trials": startup_trials(space),
+        "searcher": "OptunaSearch (TPESampler), ASHA-stopped trials as pruned", "searcher_seed": opts.seed, "startup_trials": startup_trials(space),
         "start_points": len(space.start)}
     return {
         "space": space.name, "space_file": str(space.path), "dataset": space.dataset, "model": space.model,

@@ -1,0 +1,40 @@
+"""Tiny runs of every benchmark, so they keep working (their figures are in BENCHMARKS.md, not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import cifar_fast, overhead, search_efficiency, trial_speed
+
+pytestmark = pytest.mark.slow
+
+
+def test_trial_speed_measures_both_loops(data_dir, capsys):
+    result = trial_speed.main(["--dataset", "mnist", "--data-dir", str(data_dir), "--images", "512",
+                               "--epochs", "1"])
+    assert set(result["rates"]) == {"DataLoader, per-item transforms", "tuner, device-resident tensors"}
+    assert all(rate > 0 for rate in result["rates"].values())
+    assert "| tuner, device-resident tensors |" in capsys.readouterr().out
+
+
+def test_search_efficiency_compares_the_methods(ray_session, data_dir, capsys):
+    rows = search_efficiency.main(["--space", "quickstart", "--budget", "6", "--seeds", "0", "--max-epochs", "2",
+                                   "--set", "lr=0.003", "--set", "dropout=0.1", "--set", "weight_decay=1e-5", "--set", "depth=2",
+                                   "--data-dir", str(data_dir)])
+    assert [r["method"] for r in rows] == ["asha+tpe", "fifo+random", "grid"]    # all choices left: grid too
+    assert all(0 <= r["best"] <= 1 for r in rows)
+    assert "trial-epochs to reach random's final best" in capsys.readouterr().out
+
+
+def test_overhead_breaks_the_wall_time_down(ray_session, capsys):
+    m = overhead.main(["--", "--num-samples", "2", "--max-epochs", "2"])
+    assert m["code"] == 0 and m["train"] > 0 and m["wall"] > m["phases"]["search"] > 0
+    assert "not training steps:" in capsys.readouterr().out
+
+
+def test_cifar_fast_trains_the_recipe_and_a_report_network(data_dir, capsys):
+    rows = cifar_fast.main(["--data-dir", str(data_dir / "cifar-10-subset"), "--reports", "cifar_filters_strides",
+                            "--report-set", "max_epochs=1", "--set", "width=8", "--set", "max_epochs=1"])
+    assert [r["space"] for r in rows] == ["cifar_filters_strides", "cifar_fast"]
+    assert all(0 <= r["test"] <= 1 and r["seconds"] > 0 for r in rows)
+    assert "cifar_fast vs the best report network" in capsys.readouterr().out
