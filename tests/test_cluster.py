@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,10 @@ from tests.mlflow_server import MlflowServer, free_port
 from tests.processes import Search, child_runs, kill_processes_mentioning, wait_until
 
 pytestmark = pytest.mark.slow
-# Ray 2.60 secures a cluster with a token (~/.ray/auth_token); every node and the driver must use it.
-AUTH = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray 2.60 secures a cluster with a token; every node and the driver must hold it. The test's own token,
+# so it neither needs nor touches ~/.ray/auth_token.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
+        "RAY_USAGE_STATS_ENABLED": "0"}
 SPACE = """description: MNIST trials long enough (seconds) for a cluster to spread them
 dataset: mnist
 model: report003_mnist
