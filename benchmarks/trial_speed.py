@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as T
@@ -26,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
 from tuner.cli import Help  # noqa: E402
-from tuner.data import channel_stats, load_part, resolve_data_dir  # noqa: E402
+from tuner.data import TrialData, channel_stats, load_part, resolve_data_dir  # noqa: E402
 from tuner.train import DeviceData, TrainConfig, build_optimizer, build_schedule, train_epoch  # noqa: E402
-from tuner.trial import pick_device  # noqa: E402
+from tuner.trial import device_data, pick_device  # noqa: E402
 
 
 class PerItemDataset(Dataset):
@@ -83,13 +84,6 @@ def tuner_epoch(model, opt, schedule, data: DeviceData, cfg: TrainConfig, gen) -
     return len(data.y_train) / (time.perf_counter() - start)
 
 
-def device_data(images, labels, device) -> DeviceData:
-    mean, std = channel_stats(images)
-    x, y = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
-    stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
-    return DeviceData(x, y, x[:2], y[:2], stat(mean), stat(std))
-
-
 def fresh(args, shape, classes, device, cfg):
     torch.manual_seed(0)
     model = build_model(args.model, {}, shape, classes).to(device)
@@ -116,7 +110,9 @@ def measure(args) -> dict:
     cfg = TrainConfig(batch_size=args.batch_size, augment=args.augment, lr=1e-3)
     shape, classes = images.shape[1:], len(part.classes)
     rates = {"DataLoader, per-item transforms": [], "tuner, device-resident tensors": []}
-    data, gen = device_data(images, labels, device), torch.Generator(device=device).manual_seed(0)
+    split = TrialData(args.dataset, images, labels, np.arange(len(labels)), np.arange(2), part.classes,
+                      *channel_stats(images))     # every image trains; the trial's own loading puts them on device
+    data, gen = device_data(split, device), torch.Generator(device=device).manual_seed(0)
     for epoch in range(args.epochs + 1):        # epoch 0 warms both up (allocator, cuDNN autotuning)
         model, opt = fresh(args, shape, classes, device, cfg)
         rate = dataloader_epoch(model, opt, images, labels, cfg, device, args.workers)

@@ -9,7 +9,6 @@ case the new one is ``@challenger``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from mlflow.types import Schema, TensorSpec
 import models
 from models.layers import Normalized
 
-log = logging.getLogger("tuner.champion")
 
 
 @dataclass

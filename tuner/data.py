@@ -13,6 +13,7 @@ else ./data. Only the training part ever reaches a trial; the test part is read 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -204,8 +205,9 @@ class TrialData:
 
     @property
     def key(self) -> tuple:
-        """Identifies this split in a worker's cache."""
-        return (self.name, len(self.labels), len(self.train_idx), int(self.val_idx[:8].sum()))
+        """Identifies this split in a worker's cache: the dataset and exactly which images are in it."""
+        digest = hashlib.blake2b(self.train_idx.tobytes() + self.val_idx.tobytes(), digest_size=16).hexdigest()
+        return (self.name, len(self.labels), digest)
 
 
 def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

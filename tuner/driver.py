@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from tuner.spaces import Space, load_space, parse_override
 from tuner.timing import Timings
 from tuner.tracking import Tracking
 
-log = logging.getLogger("tuner")
 SETTINGS_FILE = "search_settings.json"   # beside the results: what the search is and where it logs
 
 
@@ -99,8 +97,8 @@ def tracking_uri_for(args, opts: SearchOptions) -> str:
     return uri
 
 
-def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData]:
-    """The space, the search's options and its data: every input checked, nothing started."""
+def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, Path]:
+    """The space, the search's options, its data and data dir: every input checked, nothing started."""
     from tuner.run import default_name
 
     space = load_space(args.space)
@@ -108,12 +106,12 @@ def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData]:
     if args.resume and not args.name:
         raise UserError("--resume needs --name: the name of the search to continue")
     num_samples, max_epochs, limit = budget(args, space)
-    data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, args.seed,
-                              args.download, limit)
+    data_dir = resolve_data_dir(args.data_dir)
+    data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
     opts = SearchOptions(args.name or default_name(space.name), storage_location(args.storage_path), num_samples,
                          max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
     check_name(opts, args.resume)
-    return space, opts, data
+    return space, opts, data, data_dir
 
 
 def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
@@ -123,7 +121,7 @@ def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
 
     timings = timings if timings is not None else Timings()
     with timings.phase("setup"):
-        space, opts, data = prepare(args)
+        space, opts, data, data_dir = prepare(args)
         uri = tracking_uri_for(args, opts)
         client = check_tracking(uri)                        # before Ray starts
         weights = resolve_pretrained(space, opts.overrides, uri, args.download)   # transfer: before Ray too
@@ -140,12 +138,11 @@ def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
         results = make_tuner(args, space, data, opts).fit()
     tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
     with timings.phase("conclusion"):
-        test_set = load_part(space.dataset, resolve_data_dir(args.data_dir), "test", args.download)
+        test_set = load_part(space.dataset, data_dir, "test", args.download)
         code = conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)
     print(f"{'wall time':>14}: {timings.line()}")
     if code == 0 and args.analyze:
         from tuner.analyze import analyze_search
 
-        analyze_search(opts.name, uri, resolve_data_dir(args.data_dir), args.experiment or space.name,
-                       args.download)
+        analyze_search(opts.name, uri, data_dir, args.experiment or space.name, args.download)
     return code

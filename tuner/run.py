@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 # Before Ray or MLflow are imported: no usage reporting; the classic progress table (it can be told
 # which columns matter); MLflow calls that fail fast instead of retrying for minutes mid-search.
