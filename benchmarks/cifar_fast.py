@@ -27,17 +27,17 @@ REPORT_SPACES = ["cifar_filters_strides", "cifar_lenet", "cifar_model1", "cifar_
 
 
 class BestEpoch:
-    """Keeps the checkpoint of the best validation epoch, as the search does."""
+    """Keeps the best validation epoch's weights, as the search does: each checkpoint's ``best_model.pt``."""
 
     def __init__(self, folder: Path):
         self.folder, self.best, self.epochs = folder, -1.0, 0
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.epochs = metrics.get("epoch", self.epochs)
-        if checkpoint_dir and metrics["val_accuracy"] > self.best:
-            self.best = metrics["val_accuracy"]
+        self.best = max([self.best, *(e["val_accuracy"] for e in metrics.get("epochs", []))])
+        if checkpoint_dir:
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "model.pt").write_bytes(Path(checkpoint_dir, "model.pt").read_bytes())
+            (self.folder / "best_model.pt").write_bytes(Path(checkpoint_dir, "best_model.pt").read_bytes())
 
 
 def recipe(space_name: str, overrides: list[str], seed: int) -> tuple[dict, object]:

@@ -1,8 +1,10 @@
 """Where the wall time of a quickstart search goes: training steps against everything else (imports, Ray
-start, setup, scheduling and worker start, evaluation, checkpoints and reports, MLflow, the conclusion).
+start, setup, scheduling and worker start, evaluation, checkpoints and reports, MLflow, the conclusion);
+and, with --exit, how long the command takes to end after its last line and how many lines it printed.
 
     python benchmarks/overhead.py                      # quickstart, one trial at a time (exact accounting)
     python benchmarks/overhead.py --concurrent 2       # as it normally runs (wall time only is exact)
+    python benchmarks/overhead.py --exit               # the command as a user runs it: lines, time to exit
 """
 
 from __future__ import annotations
@@ -14,34 +16,21 @@ START = time.perf_counter()   # before the heavy imports: they are part of what 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import pandas as pd  # noqa: E402
-
+from benchmarks.records import trial_times  # noqa: E402
 from tuner.run import parse_args  # noqa: E402  (imports torch, Ray's Tune, MLflow)
 from tuner.driver import run_search  # noqa: E402
 from tuner.timing import Timings  # noqa: E402
 
 IMPORTED = time.perf_counter()
-
-
-def trial_times(folder: Path) -> dict[str, float]:
-    """Sums over every trial's reported epochs: training steps, evaluation, and the rest of each trial's
-    time (model build, data to device, checkpoint save and persist, report)."""
-    train = evaluate = total = epochs = 0.0
-    for progress in folder.glob("trial_*/progress.csv"):
-        df = pd.read_csv(progress)
-        epochs += (df.get("epoch", pd.Series(dtype=float)).fillna(0) > 0).sum()
-        train += df.get("epoch_seconds", pd.Series(dtype=float)).fillna(0).sum()
-        evaluate += df.get("eval_seconds", pd.Series(dtype=float)).fillna(0).sum()
-        total += df["time_this_iter_s"].sum()
-    return {"train": train, "eval": evaluate, "trial_other": total - train - evaluate, "trials_total": total,
-            "trial_epochs": int(epochs)}
 
 
 def measure(args) -> dict:
@@ -60,6 +49,31 @@ def measure(args) -> dict:
         parts = trial_times(folder)
     return {"code": code, "imports": IMPORTED - START, "wall": wall, "phases": timings.seconds,
             "mlflow_trials": mlflow_s, **parts}
+
+
+def exit_time(args) -> dict:
+    """``python -m tuner.run`` in a subprocess, as a user runs it (Ray started by the search): the lines it
+    prints (stdout and stderr) and the seconds from its wall-time line, its last, to the end of the process."""
+    with tempfile.TemporaryDirectory(prefix="exit-") as tmp:
+        cmd = [sys.executable, "-m", "tuner.run", "--space", args.space, "--name", "exit", "--storage-path",
+               f"{tmp}/rr", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", *args.extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}   # each line as it is printed
+        start, wall_line, lines = time.perf_counter(), None, []
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.strip().startswith("wall time:"):
+                wall_line = time.perf_counter()
+        code = proc.wait()
+        end = time.perf_counter()
+    return {"code": code, "lines": len(lines), "total": end - start,
+            "after_wall_line": end - wall_line if wall_line else None, "output": lines}
+
+
+def exit_table(m: dict, args) -> str:
+    after = f"{m['after_wall_line']:.2f} s" if m["after_wall_line"] is not None else "no wall-time line"
+    return (f"exit: {args.space} {' '.join(args.extra)}; {m['lines']} lines printed; {after} from the wall-time "
+            f"line to the end of the process; {m['total']:.1f} s in all (exit status {m['code']})")
 
 
 def table(m: dict, args) -> str:
@@ -89,10 +103,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="quickstart", help="(default: quickstart)")
     p.add_argument("--concurrent", type=int, default=1, help="trials at once (default: 1, exact accounting)")
+    p.add_argument("--exit", action="store_true", help="run the command in a subprocess and time its exit instead")
     p.add_argument("extra", nargs="*", help="more tuner.run flags, after --")
     args = p.parse_args(argv)
-    m = measure(args)
-    print(table(m, args))
+    m = exit_time(args) if args.exit else measure(args)
+    print(exit_table(m, args) if args.exit else table(m, args))
     return m
 
 

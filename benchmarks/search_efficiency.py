@@ -32,6 +32,11 @@ from tuner.search import SearchOptions, effective_space, make_scheduler, make_se
 from tuner.spaces import load_space, parse_override  # noqa: E402
 
 
+def epochs_of(result: dict) -> list[dict]:
+    """The trained epochs a result carries (a trial reports several at once; a rejected config none)."""
+    return result.get("epochs") or ([result] if result.get("epoch", 0) > 0 else [])
+
+
 class EpochBudget(tune.Stopper):
     """Stops the whole search once its trials have run ``budget`` epochs between them."""
 
@@ -39,7 +44,7 @@ class EpochBudget(tune.Stopper):
         self.budget, self.spent = budget, 0
 
     def __call__(self, trial_id, result) -> bool:
-        self.spent += 1 if result.get("epoch", 0) > 0 else 0
+        self.spent += len(epochs_of(result))
         return False
 
     def stop_all(self) -> bool:
@@ -54,8 +59,7 @@ class Trace(tune.Callback):
     scores: list[float] = field(default_factory=list)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("epoch", 0) > 0:
-            self.scores.append(float(result[self.metric]))
+        self.scores += [float(epoch[self.metric]) for epoch in epochs_of(result)]
 
 
 def run_method(method: str, space, data, seed: int, budget: int, storage: str, overrides: dict) -> list[float]:
@@ -73,7 +77,7 @@ def run_method(method: str, space, data, seed: int, budget: int, storage: str, o
     # Enough trials to spend the budget: every random trial runs max_epochs; an ASHA trial may stop at grace.
     per_trial = space.grace_period if method == "asha+tpe" else space.max_epochs
     samples = 1 if method == "grid" else math.ceil(budget / per_trial)
-    tuner = tune.Tuner(make_trainable(data, opts), param_space=params,
+    tuner = tune.Tuner(make_trainable(data, opts, space), param_space=params,
                        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher,
                                                    scheduler=scheduler, num_samples=samples, reuse_actors=True),
                        run_config=tune.RunConfig(name=opts.name, storage_path=storage, verbose=0,

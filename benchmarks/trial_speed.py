@@ -10,6 +10,7 @@ measured side by side in one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import build_model  # noqa: E402
 from tuner.cli import Help  # noqa: E402
 from tuner.data import TrialData, channel_stats, load_part, resolve_data_dir  # noqa: E402
-from tuner.train import DeviceData, TrainConfig, build_optimizer, build_schedule, train_epoch  # noqa: E402
+from tuner.train import TrainConfig, Trainer, build_optimizer, build_schedule  # noqa: E402
 from tuner.trial import device_data, pick_device  # noqa: E402
 
 
@@ -76,12 +77,16 @@ def dataloader_epoch(model, opt, images, labels, cfg: TrainConfig, device, worke
     return len(labels) / (time.perf_counter() - start)
 
 
-def tuner_epoch(model, opt, schedule, data: DeviceData, cfg: TrainConfig, gen) -> float:
+def tuner_trainer(model, opt, data, cfg: TrainConfig, gen) -> Trainer:
+    return Trainer(model, opt, build_schedule(opt, cfg, -(-len(data.y_train) // cfg.batch_size)), data, cfg, gen)
+
+
+def tuner_epoch(trainer: Trainer) -> float:
     start = time.perf_counter()
-    train_epoch(model, opt, schedule, data, cfg, gen)       # reads its loss back once, at the end
-    if data.x_train.is_cuda:
+    trainer.epoch()                      # reads its loss back once, at the end
+    if trainer.data.x_train.is_cuda:
         torch.cuda.synchronize()
-    return len(data.y_train) / (time.perf_counter() - start)
+    return trainer.batches.images / (time.perf_counter() - start)
 
 
 def fresh(args, shape, classes, device, cfg):
@@ -95,10 +100,9 @@ def fresh(args, shape, classes, device, cfg):
 def compiled_rates(args, shape, classes, device, cfg, data, gen) -> dict:
     """tuner's loop with torch.compile: the first epoch (compiling) and the steady ones."""
     model, opt = fresh(args, shape, classes, device, cfg)
-    step_model = torch.compile(model)
-    schedule = build_schedule(opt, cfg, -(-len(data.y_train) // cfg.batch_size))
-    first = tuner_epoch(step_model, opt, schedule, data, cfg, gen)
-    steady = [tuner_epoch(step_model, opt, schedule, data, cfg, gen) for _ in range(args.epochs)]
+    trainer = tuner_trainer(torch.compile(model), opt, data, dataclasses.replace(cfg, compile=True), gen)
+    first = tuner_epoch(trainer)
+    steady = [tuner_epoch(trainer) for _ in range(args.epochs)]
     return {"first": first, "steady": statistics.median(steady)}
 
 
@@ -113,12 +117,11 @@ def measure(args) -> dict:
     split = TrialData(args.dataset, images, labels, np.arange(len(labels)), np.arange(2), part.classes,
                       *channel_stats(images))     # every image trains; the trial's own loading puts them on device
     data, gen = device_data(split, device), torch.Generator(device=device).manual_seed(0)
-    for epoch in range(args.epochs + 1):        # epoch 0 warms both up (allocator, cuDNN autotuning)
+    trainer = tuner_trainer(*fresh(args, shape, classes, device, cfg), data, cfg, gen)
+    for epoch in range(args.epochs + 1):        # epoch 0 warms both up (allocator, cuDNN autotuning, capture)
         model, opt = fresh(args, shape, classes, device, cfg)
         rate = dataloader_epoch(model, opt, images, labels, cfg, device, args.workers)
-        model, opt = fresh(args, shape, classes, device, cfg)
-        schedule = build_schedule(opt, cfg, -(-len(labels) // cfg.batch_size))
-        ours = tuner_epoch(model, opt, schedule, data, cfg, gen)
+        ours = tuner_epoch(trainer)
         if epoch:
             rates["DataLoader, per-item transforms"].append(rate)
             rates["tuner, device-resident tensors"].append(ours)

@@ -12,6 +12,14 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
+STARTS_RAY = {"ray_session", "quickstart"}   # fixtures that start Ray (seconds) or run a whole search
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts Ray is slow however it is marked: ``-m "not slow"`` stays the fast tier."""
+    for item in items:
+        if STARTS_RAY & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

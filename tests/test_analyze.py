@@ -1,6 +1,7 @@
-"""The best model's report (python -m tuner.analyze): every artifact of the quickstart search's report is
-there and well formed, on disk, in the HTML and on the best trial's MLflow run; the stages on their own;
-one-line errors; and ``tuner.run --analyze``."""
+"""The report of a search and its best model (python -m tuner.analyze): every artifact of the quickstart
+search's report is there and well formed, on disk, in the HTML, the model's part on the best trial's MLflow
+run and the search's on the search's run; the stages on their own; one-line errors; and ``tuner.run
+--analyze``. The search's part on its own: tests/test_search_report.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from PIL import Image
 from models import build_model
 from models.convnet import ConvNetConfig
 from tests.conftest import search_args
+from tests.test_search_report import SEARCH_FILES, SEARCH_SECTIONS
 from tuner.analysis.layers import forward, probe_layers, weighted_layers
 from tuner.analysis.robustness import apply, transforms
 from tuner.analyze import main
@@ -28,12 +30,13 @@ from tuner.analyze import main
 SIZES = ["--probe-samples", "360", "--tsne-points", "200", "--robustness-images", "120"]   # digits: 360 test images
 TRANSFORMS = ["ColorJitter", "GaussianBlur", "RandomPerspective", "RandomRotation(45)", "RandomAffine translate",
               "RandomAffine scale"]
-SECTIONS = ["overview", "curves", "classification", "examples", "weights", "probes", "tsne", "robustness"]
-FIXED_FILES = {"learning_curves.png", "best_trial_history.csv", "classification.csv", "confusion_matrix.csv",
+SECTIONS = [*SEARCH_SECTIONS, "overview", "curves", "classification", "examples", "weights", "probes", "tsne", "robustness"]
+MODEL_FILES = {"learning_curves.png", "best_trial_history.csv", "classification.csv", "confusion_matrix.csv",
                "confusion_matrix.png", "correct_examples.png", "wrong_examples.png", "weights.csv",
                "weight_histograms.png", "first_layer_filters.png", "feature_map_input.png", "probes.csv",
                "probes_per_class.csv", "probes.png", "tsne.csv", "tsne.png", "robustness.csv",
-               "robustness_examples.png", "report.html", "summary.json"}
+               "robustness_examples.png"}
+FIXED_FILES = MODEL_FILES | SEARCH_FILES | {"report.html", "summary.json"}
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +142,21 @@ def test_the_html_holds_every_section_with_its_figures_inline(report):
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert len(sources) == len(list(report.out.glob("*.png")))
     assert all(s.startswith("data:image/png;base64,") for s in sources)
-    # facts, settings, epochs, per class, weights, probes, probes per class, robustness
-    assert html.count("<table") == 8
+    # the search's: overview, importance, rungs, FIFO, totals, slowest trials, failures, front;
+    # the model's: facts, settings, epochs, per class, weights, probes, probes per class, robustness
+    assert html.count("<table") == 16
     assert all(name in html for name in TRANSFORMS)
 
 
 @slow
 def test_the_report_is_on_the_best_trials_run(report):
     logged = {Path(a.path).name for a in report.client.list_artifacts(report.run.info.run_id, "analysis")}
-    assert logged == {p.name for p in report.out.iterdir()}
+    conv_maps = {p.name for p in report.out.glob("feature_maps_conv*.png")}
+    assert logged == MODEL_FILES | conv_maps | {"report.html", "summary.json"}
+    assert set(report.summary["model_files"]) == MODEL_FILES | conv_maps
     assert report.run.data.tags["tuner.analysis"] == "analysis/report.html"
+    search = {Path(a.path).name for a in report.client.list_artifacts(report.summary["search_run_id"], "analysis")}
+    assert search == SEARCH_FILES | {"report.html", "summary.json"}
     assert report.run.data.tags["tuner.rank"] == "1"
 
 
@@ -245,4 +253,4 @@ def test_run_with_analyze_reports_the_search_it_just_finished(ray_session, tmp_p
     assert (tmp_path / "analysis" / "qa" / "report.html").stat().st_size > 10_000
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}", registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     logged = {Path(a.path).name for a in client.list_artifacts(summary["best_run_id"], "analysis")}
-    assert "report.html" in logged and set(summary["files"]) == logged
+    assert "report.html" in logged and set(summary["model_files"]) | {"report.html", "summary.json"} == logged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import cifar_fast, overhead, search_efficiency, trial_speed
+from benchmarks import cifar_fast, gpu, overhead, search_efficiency, search_report, trial_speed
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,36 @@ def test_overhead_breaks_the_wall_time_down(ray_session, capsys):
     assert "not training steps:" in capsys.readouterr().out
 
 
+def test_overhead_times_the_commands_exit(capsys):
+    m = overhead.main(["--exit", "--", "--num-samples", "2", "--max-epochs", "1"])
+    assert m["code"] == 0, "\n".join(m["output"][-30:])
+    assert m["after_wall_line"] is not None and 0 <= m["after_wall_line"] < m["total"]
+    assert m["lines"] == len(m["output"]) and "from the wall-time line" in capsys.readouterr().out
+
+
 def test_cifar_fast_trains_the_recipe_and_a_report_network(data_dir, capsys):
     rows = cifar_fast.main(["--data-dir", str(data_dir / "cifar-10-subset"), "--reports", "cifar_filters_strides",
                             "--report-set", "max_epochs=1", "--set", "width=8", "--set", "max_epochs=1"])
     assert [r["space"] for r in rows] == ["cifar_filters_strides", "cifar_fast"]
     assert all(0 <= r["test"] <= 1 and r["seconds"] > 0 for r in rows)
     assert "cifar_fast vs the best report network" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_prints_every_table(ray_session, data_dir, capsys):
+    m = gpu.main(["--data-dir", str(data_dir), "--quick", "--device", "cpu", "--epochs", "2", "--loop-epochs", "1",
+                  "--per-gpu", "2", "--fast-epochs", "1"])
+    assert set(m["loops"]) == {"report003_mnist", "resnet9"} and all(r["eager"] > 0 for r in m["loops"].values())
+    for trial in m["trials"].values():     # a whole trial: its parts add up to no more than its wall time
+        parts = sum(trial[k] for k in ("setup_seconds", "epoch_seconds", "eval_seconds", "checkpoint_seconds"))
+        assert trial["images"] > 0 and 0 < parts <= trial["wall"]
+    assert all(r["images"] > 0 and r["trial_epochs"] == 2 for rows in m["aggregate"].values() for r in rows)
+    assert [r["epochs"] for r in m["fast"]] == [1] and 0 <= m["fast"][0]["test"] <= 1
+    out = capsys.readouterr().out
+    assert "| workload | training loop, eager |" in out and "time to 80% test accuracy" in out
+
+
+def test_search_report_times_the_search_part_of_a_written_search(capsys):
+    m = search_report.main(["--trials", "12"])
+    assert m["summary"]["trials"] == 12 and sum(m["summary"]["outcomes"].values()) == 12
+    assert 0 < m["seconds"]["total"] < m["wall"]
+    assert "| the whole command, imports included |" in capsys.readouterr().out

@@ -20,6 +20,7 @@ from ray.tune.search.sample import Domain
 from models import ArchitectureError, build_model
 from tests.conftest import search_args
 from tests.test_models import SHAPES
+from tuner.bundle import load_registered
 from tuner.data import prepare_trial_data
 from tuner.pretrained import from_file, resolve_pretrained
 from tuner.run import main
@@ -129,9 +130,7 @@ def test_transfer_from_the_champion_of_an_earlier_search(ray_session, data_dir, 
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     source = client.get_run(client.get_model_version_by_alias("cifar_lrn", "champion").run_id).data.params
     assert found.settings == {"pool": source["pool"], "lrn": source["lrn"]}   # the champion's architecture
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)          # models:/ resolves through the process-wide registry URI
-    champion = mlflow.pytorch.load_model("models:/cifar_lrn@champion").model
+    champion = load_registered(client, "models:/cifar_lrn@champion")[0].model
     assert champion.state_dict().keys() == found.state.keys()
     assert all(torch.equal(found.state[k], v) for k, v in champion.state_dict().items())
     data = prepare_trial_data("cifar10", data_dir / "cifar-10-subset", 0.1, 0, limit=256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import pickle
 from collections import Counter
 
@@ -86,9 +87,12 @@ def test_a_crashing_trial_is_retried_from_its_checkpoint(tmp_path):
     assert code == 0, out[-3000:]
     assert (tmp_path / "crashed-once").exists() and "injected fault at epoch 3" in out
     (crashed,) = [r for r in child_runs(uri, "quickstart") if r.data.tags.get("tuner.retries")]
-    # It went on from its epoch-2 checkpoint: epochs 1..N each once, in order, not 1, 2, 1, 2, 3, ...
+    # It went on from its epoch-2 checkpoint (ASHA's first rung, where it reported): epochs 1..N each once,
+    # in order, not 1, 2, 1, 2, 3, ...
     trial_dir = tmp_path / "rr" / "f" / f"trial_{crashed.data.tags['tuner.trial_id']}"
-    epochs = pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist()
+    reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    assert reports[0]["epoch"] == 2
+    epochs = [e["epoch"] for r in reports for e in r["epochs"]]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 3
     steps = [m.step for m in MlflowClient(uri, registry_uri=uri).get_metric_history(crashed.info.run_id, "val_accuracy")]
     assert steps == list(range(1, len(epochs) + 1))

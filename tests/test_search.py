@@ -9,7 +9,6 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import run_cli, search_args
 from tuner.run import main
 
-pytestmark = pytest.mark.slow
 
 
 def runs_of(db, experiment: str):
@@ -21,6 +20,7 @@ def runs_of(db, experiment: str):
     return client, parents, children
 
 
+@pytest.mark.slow
 def test_quickstart_finishes_and_beats_chance_by_a_wide_margin(quickstart):
     code, tmp, board = quickstart
     assert code == 0
@@ -30,6 +30,7 @@ def test_quickstart_finishes_and_beats_chance_by_a_wide_margin(quickstart):
     assert parents[0].data.metrics["test_accuracy"] >= 0.9      # chance is 0.1
 
 
+@pytest.mark.slow
 def test_asha_stops_some_trials_early(quickstart):
     _, _, board = quickstart
     stopped = board[board["end_reason"].str.startswith("stopped by ASHA")]
@@ -38,6 +39,7 @@ def test_asha_stops_some_trials_early(quickstart):
     assert (board["epochs"] == 20).any()
 
 
+@pytest.mark.slow
 def test_quickstart_writes_a_parent_run_and_a_nested_run_per_trial(quickstart):
     _, tmp, board = quickstart
     client, parents, children = runs_of(tmp / "mlflow.db", "quickstart")
@@ -54,6 +56,7 @@ def test_quickstart_writes_a_parent_run_and_a_nested_run_per_trial(quickstart):
         assert child.data.tags["tuner.end_reason"]
 
 
+@pytest.mark.slow
 def test_an_impossible_architecture_does_not_stop_the_search(ray_session, tmp_path):
     space = tmp_path / "deep.yaml"
     space.write_text("description: depth 4 cannot fit 8x8\ndataset: digits\nmodel: convnet\n"
@@ -66,6 +69,7 @@ def test_an_impossible_architecture_does_not_stop_the_search(ray_session, tmp_pa
     assert (board["end_reason"] == "completed").any()
 
 
+@pytest.mark.slow
 def test_smoke_search_of_mnist_filters_strides(ray_session, tmp_path, data_dir):
     assert main(search_args(tmp_path, "--space", "mnist_filters_strides", "--smoke", "--name", "smoke",
                             "--data-dir", str(data_dir))) == 0

@@ -91,6 +91,21 @@ BAD = {
     "reference of a wrong type": (LR + "reference:\n  - {lr: fast, test_accuracy: 0.9}\n",
                                   "reference[0].lr: 'fast' is not a number"),
     "start of a wrong type": (LR + "start:\n  - {lr: fast}\n", "start[0].lr: 'fast' is not a number"),
+    "objective that is not a metric": (LR + "objectives: [{metric: val_accuracy}, {metric: size, mode: min}]\n",
+                                       "objectives[1].metric: 'size' is not allowed: objectives after the first are "
+                                       "what a network costs; use one of: params, latency_ms, latency_batch_ms"),
+    "first objective a cost": (LR + "objectives: [{metric: params}, {metric: val_accuracy}]\n",
+                               "objectives[0].metric: 'params' is not allowed: the first objective is what ASHA "
+                               "stops trials on"),
+    "one objective": (LR + "objectives: [{metric: val_accuracy}]\n", "objectives: must list two or more"),
+    "objectives and metric": (LR + "metric: val_loss\nobjectives: [{metric: val_accuracy}, {metric: params}]\n",
+                              "objectives: replaces metric: and mode:"),
+    "objective twice": (LR + "objectives: [{metric: val_accuracy}, {metric: params}, {metric: params}]\n",
+                        "objectives: names a metric twice"),
+    "objective mode": (LR + "objectives: [{metric: val_accuracy}, {metric: params, mode: low}]\n",
+                       "objectives[1].mode: 'low' is not allowed; use one of: max, min"),
+    "objective key": (LR + "objectives: [{metric: val_accuracy}, {metric: params, goal: min}]\n",
+                      "objectives[1].goal: unknown key; allowed: metric, mode"),
 }
 
 
@@ -160,3 +175,12 @@ def test_reference_figures_go_beside_the_matching_settings():
     figure_only = [{"test_accuracy": 0.746, "source": "report 002"}]
     assert reference_figures(config, figure_only) == {"report_test_accuracy": pytest.approx(float("nan"), nan_ok=True)}
     assert "(as the report trained it; report 002)" in comparison(figure_only, {"test_accuracy": 0.5}, 0)[0]
+
+
+def test_objectives_name_the_metric_and_default_each_mode(tmp_path):
+    space = load_space(write(tmp_path, BASE + LR + "objectives: [{metric: val_loss}, {metric: latency_ms}]\n"))
+    assert space.objectives == [("val_loss", "min"), ("latency_ms", "min")] and space.multi_objective
+    assert (space.metric, space.mode) == ("val_loss", "min")       # the first: ASHA's, the leaderboard's
+    shipped = load_space("cifar_params_front")
+    assert shipped.objectives == [("val_accuracy", "max"), ("params", "min")]
+    assert not load_space("quickstart").multi_objective and load_space("quickstart").objectives == []

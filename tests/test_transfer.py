@@ -13,7 +13,7 @@ from tuner.data import prepare_trial_data
 from tuner.errors import UserError
 from tuner.pretrained import _typed, from_file, imagenet_weights, resolve_pretrained, source_settings
 from tuner.spaces import SPACES_DIR, load_space
-from tuner.train import TrainConfig, train_epoch
+from tuner.train import TrainConfig
 from tuner.transfer import check_decay_names, load_pretrained, optimizer_groups, prepare, split_backbone
 from tuner.trial import TrialState, device_data
 
@@ -40,7 +40,7 @@ def same(before, params) -> list[bool]:
 
 
 def epoch(state: TrialState, data) -> None:
-    train_epoch(state.model, state.optimizer, state.schedule, device_data(data, CPU), state.cfg, state.gen)
+    state.trainer(device_data(data, CPU)).epoch()
 
 
 # ---- refine_start_step -------------------------------------------------------------------------------------
@@ -203,6 +203,9 @@ def test_weight_files_and_their_one_line_errors(tmp_path, monkeypatch):
     (tmp_path / "ckpt").mkdir()
     torch.save(net.state_dict(), tmp_path / "ckpt" / "model.pt")
     assert set(from_file(str(tmp_path / "ckpt"))) == set(state)                  # a trial checkpoint folder
+    best = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(best, tmp_path / "ckpt" / "best_model.pt")                         # ... with its best epoch's
+    assert all(torch.equal(from_file(str(tmp_path / "ckpt"))[k], v) for k, v in best.items())
     (tmp_path / "notes.txt").write_text("not weights")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))                     # an empty torch cache
     for call, message in ((lambda: from_file(str(tmp_path / "nope.pt")), "is not a weights file"),

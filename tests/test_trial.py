@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
 import torch
 
+from models import build_model
+from tuner.costs import COST_METRICS, LARGE_BATCH, REPEATS, batch_of, model_costs
 from tuner.data import prepare_trial_data
-from tuner.train import TrainConfig, lr_factor, param_groups, random_crop, random_flip
-from tuner.trial import run_trial
+from tuner.batches import crop, flip
+from tuner.train import TrainConfig, lr_factor, param_groups
+from tuner.trial import Reporting, run_trial
 
 CONFIG = {"model": "convnet", "dataset": "digits", "depth": 2, "width": 8, "fc": "32", "lr": 0.003,
           "batch_size": 64, "max_epochs": 3, "augment": "crop_flip", "crop_padding": 1, "seed": 0}
@@ -41,7 +45,8 @@ def test_each_epoch_reports_every_metric_and_a_checkpoint(tmp_path, digits):
     (result,) = rec.results
     assert METRICS <= set(result) and result["epoch"] == 1 and result["end_reason"] == "completed"
     assert 0 <= result["val_accuracy"] <= 1 and result["train_loss"] > 0
-    assert {p.name for p in rec.checkpoints[0].iterdir()} == {"model.pt", "state.pt"}
+    assert {p.name for p in rec.checkpoints[0].iterdir()} == {"model.pt", "best_model.pt", "state.pt"}
+    assert [e["epoch"] for e in result["epochs"]] == [1]
 
 
 def straight_and_resumed(tmp_path, digits, config):
@@ -79,25 +84,53 @@ def test_an_impossible_architecture_is_reported_not_raised(tmp_path, digits):
     (result,) = rec.results
     assert result["val_accuracy"] == 0.0 and result["epoch"] == 0 and not rec.checkpoints
     assert result["end_reason"].startswith("invalid architecture: block 4 maxpool")
+    assert all(math.isnan(result[k]) for k in COST_METRICS)     # no network, no size: but every key is there
 
 
-def test_random_crop_translates_each_image_within_the_padding():
-    gen = torch.Generator().manual_seed(0)
+def test_the_first_report_measures_what_the_network_costs_and_every_report_carries_it(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "max_epochs": 3}, digits, rec, reporting=Reporting(milestones=(2,), seconds=1e9))
+    assert [r["epoch"] for r in rec.results] == [2, 3]       # ASHA's milestone, then the end
+    first, last = rec.results
+    network = build_model("convnet", CONFIG, digits.input_shape, digits.num_classes)
+    assert first["params"] == last["params"] == sum(p.numel() for p in network.parameters())
+    assert first["latency_ms"] > 0 and first["latency_batch_ms"] > 0
+    assert (last["latency_ms"], last["latency_batch_ms"]) == (first["latency_ms"], first["latency_batch_ms"])
+    # In the epochs' records (what MLflow logs) once: on the epoch of the first report.
+    assert [sorted(set(COST_METRICS) & set(e)) for e in first["epochs"] + last["epochs"]] == [
+        [], sorted(COST_METRICS), []]
+
+
+def test_latency_is_the_median_of_timed_passes_over_the_batch_asked_for():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return x.flatten(1)
+
+    images = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    zero = torch.zeros(1, 1, 1, 1)
+    costs = model_costs(Counting(), images, zero, zero + 1)
+    assert costs["params"] == 0 and costs["latency_ms"] > 0
+    # one untimed pass then up to REPEATS timed ones, each batch size; the large batch repeats the 3 images
+    assert calls == [1] * (1 + REPEATS) + [LARGE_BATCH] * (1 + REPEATS)
+    assert batch_of(torch.arange(3), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_crop_translates_each_image_by_its_own_shift_within_the_padding():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
-    out = random_crop(x, 2, gen)
-    assert out.shape == x.shape
+    shifts = torch.tensor([[0, 4], [3, 1]])
+    out = crop(x, 2, shifts)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(2):
-        assert any(torch.equal(out[i], padded[i, :, dy:dy + 6, dx:dx + 6]) for dy in range(5) for dx in range(5))
-    assert torch.equal(random_crop(x, 0, gen), x)
+    assert torch.equal(out[0], padded[0, :, 0:6, 4:10]) and torch.equal(out[1], padded[1, :, 3:9, 1:7])
+    assert torch.equal(crop(x, 2, torch.full((2, 2), 2)), x)     # the centre is the image itself
 
 
-def test_random_flip_mirrors_some_images_and_keeps_the_rest():
-    x = torch.randint(0, 255, (64, 3, 4, 4), dtype=torch.uint8)
-    out = random_flip(x, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, x)]
-    kept = [torch.equal(o, i) for o, i in zip(out, x)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+def test_flip_mirrors_the_chosen_images_and_keeps_the_rest():
+    x = torch.randint(0, 255, (3, 3, 4, 4), dtype=torch.uint8)
+    out = flip(x, torch.tensor([True, False, True]))
+    assert torch.equal(out[0], x[0].flip(2)) and torch.equal(out[1], x[1]) and torch.equal(out[2], x[2].flip(2))
 
 
 def test_weight_decay_reaches_only_the_chosen_layers():
@@ -132,3 +165,74 @@ def test_an_averaged_model_is_what_is_evaluated_and_saved(tmp_path, digits):
     plain = Recorder(tmp_path / "b")
     run_trial(CONFIG, digits, plain)
     assert plain.results[-1]["val_loss"] != pytest.approx(averaged.results[-1]["val_loss"], rel=1e-6)
+
+
+def test_a_trial_reports_at_the_milestones_and_its_end_with_every_epoch_since_the_last(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "max_epochs": 5}, digits, rec, reporting=Reporting(milestones=(1, 3), seconds=3600))
+    assert [r["epoch"] for r in rec.results] == [1, 3, 5]
+    assert [[e["epoch"] for e in r["epochs"]] for r in rec.results] == [[1], [2, 3], [4, 5]]
+    assert len(rec.checkpoints) == 3 and rec.results[-1]["end_reason"] == "completed"
+    # the overhead of the trial's start and of each report travels on the next epoch's record
+    assert "setup_seconds" in rec.results[0]["epochs"][0]
+    assert {"checkpoint_seconds", "report_seconds"} <= set(rec.results[1]["epochs"][0])
+
+
+def test_a_trial_reports_when_its_time_is_due_between_milestones(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "max_epochs": 3}, digits, rec, reporting=Reporting(milestones=(), seconds=0.0))
+    assert [r["epoch"] for r in rec.results] == [1, 2, 3]
+
+
+def test_the_checkpoint_keeps_the_best_epochs_weights(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "max_epochs": 4, "lr": 0.02}, digits, rec)   # reports (and checkpoints) every epoch
+    scores = [r["val_accuracy"] for r in rec.results]
+    best = scores.index(max(scores))                                    # the first epoch with the best score
+    final = torch.load(rec.checkpoints[-1] / "best_model.pt", weights_only=True)
+    then = torch.load(rec.checkpoints[best] / "model.pt", weights_only=True)
+    assert final.keys() == then.keys() and all(torch.equal(final[k], then[k]) for k in final)
+    assert torch.load(rec.checkpoints[-1] / "state.pt", weights_only=True)["best"]["epoch"] == best + 1
+
+
+def test_an_epochs_batches_all_have_one_shape_and_cover_every_image():
+    from tuner.batches import DeviceData, EpochBatches
+
+    n, size = 10, 4
+    x = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    data = DeviceData(x, torch.arange(n), x[:2], torch.arange(2), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    batches = EpochBatches(n, size, "crop_flip", 1, torch.device("cpu"))
+    batches.draw(torch.Generator().manual_seed(0))
+    step, seen = torch.zeros(1, dtype=torch.long), []
+    for i in range(batches.steps):
+        images, labels = batches.batch(data, step + i)
+        assert images.shape == (size, 1, 2, 2) and labels.shape == (size,)
+        seen += labels.tolist()
+    assert batches.steps == 3 and len(seen) == 12 and set(seen) == set(range(n))
+    # the last batch is completed with the first images of the order
+    assert seen[10:] == seen[:2]
+    again = EpochBatches(n, size, "crop_flip", 1, torch.device("cpu"))
+    again.draw(torch.Generator().manual_seed(0))
+    assert torch.equal(again.order, batches.order) and torch.equal(again.shift, batches.shift)
+
+
+def test_the_weight_average_matches_torchs_averaged_model():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from models import build_model
+    from tuner.train import WeightAverage
+
+    torch.manual_seed(0)
+    net = build_model("convnet", {"depth": 2, "width": 4, "fc": "8", "batch_norm": True}, (1, 8, 8), 10)
+    ours, theirs = WeightAverage(net, 0.9), AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(4):                      # train a little (batch norm's buffers move too), then average
+        net.train()
+        net(torch.randn(16, 1, 8, 8)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ours.update(net)
+        theirs.update_parameters(net)
+    a, b = ours.module.state_dict(), theirs.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ours.steps == int(theirs.n_averaged) == 4

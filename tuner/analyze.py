@@ -1,9 +1,13 @@
-"""python -m tuner.analyze --search NAME: a report on the best model of a finished search.
+"""python -m tuner.analyze --search NAME: a report on a finished search and its best model.
 
-Learning curves, per-class scores and the confusion matrix, classified examples, weight histograms,
-filters and feature maps, linear probes per layer, a t-SNE map and robustness to transforms; written to
---out as PNGs, CSVs and one self-contained report.html, and logged on the best trial's MLflow run under
-analysis/. Bad input (no such search, no logged model, missing data) is one line and exit status 2.
+The search's part: which settings mattered (Optuna's importance evaluators), every trial in parallel
+coordinates, the score against the most important settings, what the search spent (ASHA's rungs against
+FIFO, time per trial, failures), and what the scores cost in parameters and latency (Pareto fronts). The
+model's part: learning curves, per-class scores and the confusion matrix, classified examples, weight
+histograms, filters and feature maps, linear probes per layer, a t-SNE map and robustness to transforms.
+Written to --out as PNGs, CSVs and one self-contained report.html, and logged under analysis/ on the search's
+MLflow run (its part) and the studied trial's (the model's). Bad input (no such search, no logged model,
+missing data, a Pareto model of a single-objective search) is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -43,22 +47,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--robustness-images", type=int, default=DEFAULTS.robustness_images,
                    help="test images each robustness transform is applied to")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seeds every random choice of the report")
+    p.add_argument("--search-only", action="store_true", help="the search's part only: no model is loaded and no "
+                                                              "data is read")
+    p.add_argument("--model", default=DEFAULTS.model, metavar="best|pareto-K",
+                   help="the model studied: the best, or the K-th of a multi-objective search's Pareto front")
     p.add_argument("--no-mlflow", action="store_true", help="write the report to --out only, not to MLflow")
     return p.parse_args(argv)
 
 
 def options(args: argparse.Namespace) -> Options:
     from tuner.data import resolve_data_dir
+    from tuner.guards import check_name
+    from tuner.limits import check_flags
     from tuner.tracking import resolve_tracking_uri
 
+    check_flags(args)
+    check_name("--search", args.search)          # it names the report's folder and an MLflow filter
+    if args.experiment is not None:
+        check_name("--experiment", args.experiment)
     return Options(args.search, resolve_tracking_uri(args.tracking_uri), resolve_data_dir(args.data_dir),
                    args.out or default_out(args.search), args.experiment, args.download, args.probe_samples,
-                   args.tsne_points, args.tsne_layer, args.robustness_images, args.seed, not args.no_mlflow)
+                   args.tsne_points, args.tsne_layer, args.robustness_images, args.seed, not args.no_mlflow,
+                   args.search_only, args.model)
 
 
 def analyze_search(search: str, tracking_uri: str, data_dir: Path, experiment: str | None = None,
                    download: bool = False) -> Path:
-    """The report of a search that just finished (``tuner.run --analyze``), at the default sizes."""
+    """The report of a search that just finished and its best model (``tuner.run --analyze``), at the default
+    sizes."""
     from tuner.analysis.report import run_report
 
     return run_report(Options(search, tracking_uri, data_dir, default_out(search), experiment, download))

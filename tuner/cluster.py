@@ -8,18 +8,53 @@ import logging
 import os
 import socket
 import sys
+import threading
 import uuid
 from pathlib import Path
 
 from tuner.errors import UserError
+from tuner.guards import redact
 from tuner.spaces import Space
 
 NODE_CHECK_SECONDS = 60   # how long each node may take to answer the shared-storage probe
 
 
+def ray_token_file() -> Path | None:
+    """The token file Ray reads (``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``), unless token
+    authentication is off or ``$RAY_AUTH_TOKEN`` holds the token itself."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def secure_ray_token(starting: bool) -> None:
+    """A local Ray writes a missing token file readable by everyone: write it first, readable by this user
+    only. A token file others can read (anyone who has it can run code on the cluster) is one warning."""
+    import secrets
+
+    path = ray_token_file()
+    if path is None:
+        return
+    if starting and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))   # Ray's own format: 256 random bits in hex
+        return
+    if path.is_file() and path.stat().st_mode & 0o077:
+        mode = f"{path.stat().st_mode & 0o777:o}"
+        print(f"warning: Ray's token file {path} is readable by other users (mode {mode}), who can run code on "
+              f"this Ray cluster with it: chmod 600 {path}", file=sys.stderr)
+
+
 def connect_ray(address: str | None) -> dict:
     """Start a local Ray, or join the cluster at ``address``; returns the cluster's resources."""
     import ray
+
+    secure_ray_token(starting=not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized())
 
     if address and not address.startswith("auto"):
         host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -34,6 +69,23 @@ def connect_ray(address: str | None) -> dict:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
     return ray.cluster_resources()
+
+
+def ray_is_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def stop_ray_beside(started_here: bool) -> threading.Thread:
+    """Ray's shutdown, in a thread beside what follows the search (which needs no Ray): it takes a second or
+    more, waiting for Ray's processes to end. Only for a Ray this search started or joined: one the caller
+    already had (a notebook, the tests) stays up. Join the thread before the command ends."""
+    import ray
+
+    thread = threading.Thread(target=ray.shutdown if started_here else (lambda: None), name="ray-shutdown")
+    thread.start()
+    return thread
 
 
 def trial_resources(args: argparse.Namespace, space: Space, cluster: dict) -> tuple[float, float]:
@@ -88,9 +140,9 @@ def check_multi_node(storage: str, tracking_uri: str) -> int:
     if len(nodes) < 2:
         return len(nodes)
     if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
-        raise UserError(f"this Ray cluster has {len(nodes)} nodes but the tracking store {tracking_uri} is a file on "
-                        f"one machine; start `mlflow server` where all nodes reach it and pass --tracking-uri "
-                        f"http://HOST:5000")
+        raise UserError(f"this Ray cluster has {len(nodes)} nodes but the tracking store {redact(tracking_uri)} is a "
+                        f"file on one machine; start `mlflow server` where all nodes reach it and pass "
+                        f"--tracking-uri http://HOST:5000")
     if "://" in storage:
         return len(nodes)   # object storage (s3://, gs://, ...) is reachable from every node
     probe = Path(storage) / f".tuner-probe-{uuid.uuid4().hex}"
@@ -101,6 +153,6 @@ def check_multi_node(storage: str, tracking_uri: str) -> int:
     finally:
         probe.unlink(missing_ok=True)
     if missing:
-        raise UserError(f"--storage-path {storage} is not shared: node {missing[0]} cannot see it; use a folder on a "
-                        f"file system every node mounts (NFS, ...) or s3://bucket/path")
+        raise UserError(f"--storage-path {redact(storage)} is not shared: node {missing[0]} cannot see it; use a "
+                        f"folder on a file system every node mounts (NFS, ...) or s3://bucket/path")
     return len(nodes)

@@ -92,10 +92,31 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for what a CIFAR batch holds and nothing else: dicts, lists, text, bytes, numbers and
+    numpy arrays. Any other global (``os.system``, ``builtins.eval``, ...) is refused before it is looked up,
+    so a data folder from elsewhere cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}   # how protocol 2 pickles written by Python 3 spell bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR distribution is a set of python pickles; read them the way torchvision does.
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+    # The CIFAR distribution is a set of python pickles: read with an unpickler that only builds data.
+    try:
+        with open(path, "rb") as f:
+            d = CifarUnpickler(f, encoding="latin1").load()
+        if not isinstance(d, dict):
+            raise pickle.UnpicklingError(f"it holds a {type(d).__name__}, not a dict")
+    except Exception as exc:   # a damaged or hostile file fails in many ways; the user needs one line
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a CIFAR batch ({reason}); fetch the dataset again (--download)") from None
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
@@ -114,9 +135,13 @@ def _read_cifar(folder: Path, part: str, fine: bool) -> ImageSet:
         batches = sorted(folder.glob("data_batch_*")) if part == "train" else [folder / "test_batch"]
         meta, label_key, names_key = folder / "batches.meta", "labels", "label_names"
     dicts = [_unpickle(b) for b in batches]
-    images = np.concatenate([np.asarray(d["data"], dtype=np.uint8) for d in dicts]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([np.asarray(d[label_key], dtype=np.int64) for d in dicts])
-    classes = list(_unpickle(meta)[names_key]) if meta.exists() else [str(i) for i in range(labels.max() + 1)]
+    try:
+        images = np.concatenate([np.asarray(d["data"], dtype=np.uint8) for d in dicts]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(d[label_key], dtype=np.int64) for d in dicts])
+        classes = list(_unpickle(meta)[names_key]) if meta.exists() else [str(i) for i in range(labels.max() + 1)]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{folder} does not hold CIFAR batches ({type(exc).__name__}: {str(exc)[:160]}); fetch "
+                        f"the dataset again (--download)") from None
     return ImageSet(np.ascontiguousarray(images), labels, classes)
 
 
@@ -153,6 +178,14 @@ def _download(name: str, data_dir: Path) -> None:
             cls(root=str(data_dir), train=train, download=True)
         except Exception as exc:  # network errors come in many types; the user needs the one line
             raise UserError(f"could not download {name} into {data_dir}: {exc}") from None
+
+
+def where_read(name: str, data_dir: Path | None, part: str) -> str:
+    """Where a dataset's part is read from: its folder, or what embeds it."""
+    if name == "digits":
+        return "sklearn.datasets.load_digits"
+    folder = _find_folder(name, data_dir, part) if data_dir is not None else None
+    return str(folder or data_dir)
 
 
 def load_part(name: str, data_dir: Path, part: str, download: bool = False) -> ImageSet:

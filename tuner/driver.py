@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tuner.data import TrialData, load_part, prepare_trial_data, resolve_data_dir
 from tuner.errors import UserError
+from tuner.guards import DriverLock, check_name, prepare_storage, redact, redact_all, unique_name
+from tuner.limits import check_flags
 from tuner.pretrained import resolve_pretrained
 from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_settings
 from tuner.spaces import Space, load_space, parse_override
@@ -23,15 +25,15 @@ from tuner.tracking import Tracking
 SETTINGS_FILE = "search_settings.json"   # beside the results: what the search is and where it logs
 
 
-def check_name(opts: SearchOptions, resume: bool) -> None:
+def check_exists(opts: SearchOptions, resume: bool) -> None:
     from ray import tune
 
     exists = tune.Tuner.can_restore(opts.experiment_path)
     if exists and not resume:
-        raise UserError(f"a search named {opts.name} already exists in {opts.storage_path}; add --resume to "
-                        f"continue it, or choose another --name")
+        raise UserError(f"a search named {opts.name} already exists in {redact(opts.storage_path)}; add --resume "
+                        f"to continue it, or choose another --name")
     if resume and not exists:
-        raise UserError(f"no search named {opts.name} in {opts.storage_path} to resume; check --name and "
+        raise UserError(f"no search named {opts.name} in {redact(opts.storage_path)} to resume; check --name and "
                         f"--storage-path")
 
 
@@ -39,9 +41,6 @@ def budget(args, space: Space) -> tuple[int, int, int | None]:
     """(trials, max epochs, training-image limit) from the space, the flags and --smoke."""
     if args.smoke:
         return SMOKE["num_samples"], SMOKE["max_epochs"], SMOKE["train_images"]
-    for flag, value in (("--num-samples", args.num_samples), ("--max-epochs", args.max_epochs)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
     return args.num_samples or space.num_samples, args.max_epochs or space.max_epochs, None
 
 
@@ -51,26 +50,30 @@ def make_tuner(args, space: Space, data: TrialData, opts: SearchOptions):
     if not args.resume:
         return build_tuner(space, data, opts)
     eff = effective_space(space, opts)
-    return tune.Tuner.restore(opts.experiment_path, trainable=make_trainable(data, opts),
+    return tune.Tuner.restore(opts.experiment_path, trainable=make_trainable(data, opts, eff),
                               param_space=eff.grid_space() if opts.grid else eff.param_space(),
                               resume_unfinished=True, resume_errored=True)
 
 
-def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions) -> Tracking:
-    """The search's MLflow run (created, or adopted on --resume) and the callback for its trials' runs."""
-    from tuner.tracking import TrialRuns, start_search_run
+def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, datasets: list) -> Tracking:
+    """The search's MLflow run (created, or adopted on --resume) and the callback for its trials' runs;
+    ``datasets``: the training and validation splits, on the search's run and every trial's."""
+    from tuner.tracking import TrialRuns, log_datasets, start_search_run
 
     command = shlex.join(["python -m tuner.run", *sys.argv[1:]]) if sys.argv[0].endswith("run.py") else \
         shlex.join(sys.argv)
-    tags = {"tuner.space": space.name, "tuner.command": command, "mlflow.note.content": space.description}
-    settings = search_settings(space, opts)
+    tags = {"tuner.space": space.name, "tuner.command": redact(command), "mlflow.note.content": space.description}
+    settings = redact_all(search_settings(space, opts))       # no credentials in params, tags or files
     experiment = args.experiment or saved_settings(opts).get("experiment") or space.name
-    experiment_id, run_id = start_search_run(client, uri, experiment, opts.name, opts.storage_path, tags, settings)
+    experiment_id, run_id = start_search_run(client, uri, experiment, opts.name, redact(opts.storage_path), tags,
+                                             settings)
     client.log_artifact(run_id, str(space.path))
     client.log_dict(run_id, settings, SETTINGS_FILE)
-    mine = {**settings, "tracking_uri": uri, "experiment": experiment, "search_run_id": run_id}
+    log_datasets(client, run_id, datasets)
+    mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id}
     (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
-    callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs))
+    callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs),
+                         datasets)
     return Tracking(uri, experiment_id, run_id, callback)
 
 
@@ -85,61 +88,99 @@ def saved_settings(opts: SearchOptions) -> dict:
 
 
 def tracking_uri_for(args, opts: SearchOptions) -> str:
-    """The tracking URI; a resumed search keeps logging where it started."""
+    """The tracking URI; a resumed search keeps logging where it started. The search's files hold it
+    without credentials, so a URI with credentials is given again (flag or environment) to resume."""
     from tuner.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    if args.resume:
-        started = saved_settings(opts).get("tracking_uri")
-        if started and args.tracking_uri and args.tracking_uri != started:
-            raise UserError(f"search {opts.name} logs to {started}; resume it with that --tracking-uri or without one")
-        uri = started or uri
-    return uri
+    started = saved_settings(opts).get("tracking_uri") if args.resume else None
+    if not started or redact(uri) == started:
+        return uri
+    if args.tracking_uri:
+        raise UserError(f"search {opts.name} logs to {started}; resume it with that --tracking-uri or without one")
+    if "***" in started:
+        raise UserError(f"search {opts.name} logs to {started}, whose credentials are not stored; resume it with "
+                        f"that --tracking-uri (or $MLFLOW_TRACKING_URI) in full")
+    return started
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[Space, dict]:
+    """The flags, the space, the names and the overrides, checked without touching anything."""
+    check_flags(args)
+    if args.resume and not args.name:
+        raise UserError("--resume needs --name: the name of the search to continue")
+    for what, name in (("--name", args.name), ("--experiment", args.experiment)):
+        if name is not None:
+            check_name(what, name)
+    space = load_space(args.space)
+    check_name("the space file's name (it names the MLflow experiment and model)", space.name)
+    return space, dict(parse_override(o, space) for o in args.overrides)
+
+
+def lock_path(opts: SearchOptions) -> Path:
+    """Beside the search's folder; for object storage, beside its local outcome folder (this machine's
+    drivers only: best effort)."""
+    folder = Path("ray_results").resolve() if opts.remote_storage else Path(opts.storage_path)
+    return folder / f".{opts.name}.lock"
 
 
 def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, Path]:
     """The space, the search's options, its data and data dir: every input checked, nothing started."""
-    from tuner.run import default_name
-
-    space = load_space(args.space)
-    overrides = dict(parse_override(o, space) for o in args.overrides)
-    if args.resume and not args.name:
-        raise UserError("--resume needs --name: the name of the search to continue")
+    space, overrides = check_inputs(args)
     num_samples, max_epochs, limit = budget(args, space)
     data_dir = resolve_data_dir(args.data_dir)
     data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
-    opts = SearchOptions(args.name or default_name(space.name), storage_location(args.storage_path), num_samples,
+    opts = SearchOptions(args.name or unique_name(space.name), storage_location(args.storage_path), num_samples,
                          max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
-    check_name(opts, args.resume)
+    if not opts.remote_storage:
+        prepare_storage(Path(opts.storage_path), Path(opts.experiment_path))
     return space, opts, data, data_dir
 
 
 def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
-    from tuner.cluster import check_multi_node, connect_ray, trial_resources
-    from tuner.outcome import conclude
-    from tuner.tracking import TrialRuns, check_tracking
+    from tuner.console import quiet_libraries
 
+    quiet_libraries(args.verbose)
     timings = timings if timings is not None else Timings()
     with timings.phase("setup"):
         space, opts, data, data_dir = prepare(args)
+    with DriverLock(lock_path(opts), opts.name):     # one driver per search, until this one ends
+        return search_and_conclude(args, space, opts, data, data_dir, timings)
+
+
+def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData, data_dir: Path,
+                        timings: Timings) -> int:
+    from tuner.cluster import check_multi_node, connect_ray, ray_is_up, stop_ray_beside, trial_resources
+    from tuner.data_inputs import held_out_input, split_inputs
+    from tuner.outcome import conclude
+    from tuner.tracking import TrialRuns, check_tracking, log_datasets
+
+    with timings.phase("setup"):
+        check_exists(opts, args.resume)
         uri = tracking_uri_for(args, opts)
         client = check_tracking(uri)                        # before Ray starts
         weights = resolve_pretrained(space, opts.overrides, uri, args.download)   # transfer: before Ray too
         opts.pretrained, opts.overrides = weights.state, {**opts.overrides, **weights.settings}
     with timings.phase("Ray start"):
+        ray_was_up = ray_is_up()
         cluster = connect_ray(args.address)
     with timings.phase("setup"):
         opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, cluster)
+        opts.full_output = args.verbose
         check_multi_node(opts.storage_path, uri)
         eff = effective_space(space, opts)
-        tracking = start_tracking(args, uri, client, eff, opts)
+        tracking = start_tracking(args, uri, client, eff, opts, split_inputs(data, data_dir))
         opts.callbacks = [tracking.trial_runs]
     with timings.phase("search"):
         results = make_tuner(args, space, data, opts).fit()
+    ray_stopping = stop_ray_beside(started_here=not ray_was_up)   # the rest needs no Ray
     tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
     with timings.phase("conclusion"):
         test_set = load_part(space.dataset, data_dir, "test", args.download)
+        log_datasets(tracking.trial_runs.mlflow, tracking.parent_run_id,
+                     [held_out_input(space.dataset, test_set, data_dir)], "test data")
         code = conclude(results, eff, data, test_set, opts, tracking, args.log_top_k)
+        ray_stopping.join()
     print(f"{'wall time':>14}: {timings.line()}")
     if code == 0 and args.analyze:
         from tuner.analyze import analyze_search

@@ -13,9 +13,10 @@ from tuner.train import evaluate
 
 
 def load_trial_model(config: dict, checkpoint_dir: str | Path, data: TrialData) -> Normalized:
-    """The trial's network with its checkpointed weights, wrapped to take [0, 1] images (CPU, eval mode)."""
+    """The trial's network with the weights of its best epoch so far (a checkpoint's ``best_model.pt``),
+    wrapped to take [0, 1] images (CPU, eval mode)."""
     model = build_model(config["model"], config, data.input_shape, data.num_classes)
-    state = torch.load(Path(checkpoint_dir, "model.pt"), map_location="cpu", weights_only=True)
+    state = torch.load(Path(checkpoint_dir, "best_model.pt"), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return Normalized(model, data.mean, data.std).eval()
 

@@ -2,7 +2,7 @@
 
 ``pretrained`` (a fixed setting or ``--set``) is one of: ``none``; ``imagenet`` (torchvision's weights of a
 transfer backbone, from torch's cache, or downloaded with ``--download``); a file holding a state dict, or a
-trial checkpoint folder with ``model.pt``; an MLflow model URI such as ``models:/cifar_depth@champion``
+trial checkpoint folder (its best epoch's weights, ``best_model.pt``); an MLflow model URI such as ``models:/cifar_depth@champion``
 (transfer from the champion of an earlier search, read from the search's own tracking store). The weights
 travel to the trials through Ray's object store, so trials never touch MLflow, the disk or the network. A
 source that is missing or unreadable is one line before any trial starts.
@@ -24,6 +24,7 @@ import yaml
 from models import MODELS
 from models.transfer import IMAGENET, torchvision_state_dict
 from tuner.errors import UserError
+from tuner.guards import redact
 from tuner.spaces import Space, setting_types
 
 
@@ -87,12 +88,13 @@ def _read(path: Path) -> dict:
 
 
 def from_file(text: str) -> dict:
-    """A state-dict file, or a trial checkpoint folder (its ``model.pt``)."""
+    """A state-dict file, or a trial checkpoint folder: its best epoch's weights (``best_model.pt``; a checkpoint
+    written before trials kept them: its ``model.pt``)."""
     path = Path(text).expanduser()
     if path.is_dir():
-        path = path / "model.pt"
+        path = path / "best_model.pt" if (path / "best_model.pt").is_file() else path / "model.pt"
     if not path.is_file():
-        raise UserError(f"pretrained: {text} is not a weights file or a checkpoint folder with model.pt; give one, "
+        raise UserError(f"pretrained: {text} is not a weights file or a checkpoint folder with best_model.pt; give one, "
                         f"a models:/NAME@ALIAS URI, imagenet or none")
     state = _read(path)
     if {"mean", "std"} <= set(state) and any(k.startswith("model.") for k in state):
@@ -100,48 +102,36 @@ def from_file(text: str) -> dict:
     return state
 
 
-def _model_version(client, uri: str):
-    rest = uri[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return client.get_model_version_by_alias(name, alias)
-    name, _, version = rest.partition("/")
-    if not version.isdigit():
-        raise UserError(f"pretrained: {uri} is not models:/NAME@ALIAS or models:/NAME/VERSION")
-    return client.get_model_version(name, version)
-
-
 def from_registry(uri: str, space: Space, overrides: dict, tracking_uri: str) -> Pretrained:
     """A registered model's weights (the raw network inside its ``Normalized`` wrapper) and the architecture
-    settings of the trial that trained it."""
-    import mlflow
+    settings of the trial that trained it, both from the files logged with the model (``tuner.bundle``): no
+    pickle, and the store named by ``tracking_uri`` alone."""
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    from tuner.bundle import load_registered
+
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
-        version = _model_version(client, uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-        params = client.get_run(version.run_id).data.params
-    except UserError:
-        raise
+        model, settings, _ = load_registered(client, uri)
+    except UserError as exc:
+        raise UserError(f"pretrained: {exc}") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"pretrained: {uri} cannot be loaded from {tracking_uri} ({first}); run the search that "
-                        f"registers it first, or check the name and alias") from None
-    net = model.model if hasattr(model, "model") and hasattr(model, "mean") else model   # unwrap Normalized
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    return Pretrained(state, source_settings(params, space, overrides, uri), uri)
+        first = redact(str(exc).strip().splitlines()[0][:200]) if str(exc).strip() else type(exc).__name__
+        raise UserError(f"pretrained: {uri} cannot be loaded from {redact(tracking_uri)} ({first}); run the search "
+                        f"that registers it first, or check the name and alias") from None
+    state = {k: v.detach().cpu().clone() for k, v in model.model.state_dict().items()}
+    return Pretrained(state, source_settings(settings["config"], space, overrides, uri), uri)
 
 
-def source_settings(params: dict[str, str], space: Space, overrides: dict, uri: str) -> dict:
-    """The source trial's settings of the space's model that the space leaves open (logged as text)."""
+def source_settings(params: dict, space: Space, overrides: dict, uri: str) -> dict:
+    """The source trial's settings of the space's model that the space leaves open (values, or text as
+    MLflow params hold them)."""
     if params.get("model") and params["model"] != space.model:
         raise UserError(f"pretrained: {uri} is a {params['model']}, but {space.name} builds {space.model}; use "
                         f"weights of a {space.model}, or a space whose model is {params['model']}")
     types, given = setting_types(space.model), set(space.fixed) | set(space.search) | set(overrides)
-    return {k: _typed(params[k], types[k]) for k in MODELS[space.model].params if k in params and k not in given}
+    return {k: _typed(params[k], types[k]) if isinstance(params[k], str) else params[k]
+            for k in MODELS[space.model].params if k in params and k not in given}
 
 
 def _typed(text: str, types: tuple[type, ...]):

@@ -1,7 +1,8 @@
 """python -m tuner.run --space NAME: search a space with Ray Tune (ASHA + Optuna), track it in MLflow.
 
-Bad input (an unknown space, a malformed file, a missing data dir, an unreachable tracking server or Ray
-address) is one line on stderr and exit status 2, before anything starts.
+Bad input (an unknown space, a malformed file, a value out of range, a name that is not allowed, a missing
+data dir, an unreachable tracking server or Ray address) is one line on stderr and exit status 2, before
+anything starts.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-# Before Ray or MLflow are imported: no usage reporting; the classic progress table (it can be told
-# which columns matter); MLflow calls that fail fast instead of retrying for minutes mid-search.
+# Before Ray or MLflow are imported: no usage reporting; Ray's classic output engine (the one that takes a
+# progress reporter: tuner.console's line, or with --verbose the status table); MLflow calls that fail fast
+# instead of retrying for minutes mid-search.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -20,7 +21,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from tuner.cli import Help, exit_code  # noqa: E402
+from tuner.cli import Help, exit_code, skip_final_collection  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=Help)
     p.add_argument("--space", default="quickstart", help="a shipped space name (see --list) or a path to a .yaml file")
     p.add_argument("--list", action="store_true", help="list the shipped spaces and exit")
-    p.add_argument("--name", help="search name, for --resume and in MLflow (default: SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--name", help="search name, for --resume and in MLflow: letters, digits, '_', '.', '-' "
+                                  "(default: SPACE-YYYYmmdd-HHMMSS-xxxx, xxxx random)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search called --name")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's num_samples)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial at most, ASHA's max_t (default: the space's)")
@@ -56,11 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                           "(python -m tuner.analyze) to analysis/NAME and MLflow")
     p.add_argument("--smoke", action="store_true", help="a tiny budget that checks a space end to end "
                                                         "(2 trials, 1 epoch, 1,024 training images)")
+    p.add_argument("--verbose", action="store_true", help="Ray's status table of every trial instead of the "
+                                                          "progress line, and every library's notices")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    skip_final_collection()
     return exit_code(lambda: list_or_search(args), "interrupted: continue with --resume --name <the search's name>")
 
 
@@ -74,10 +79,6 @@ def list_or_search(args: argparse.Namespace) -> int:
     from tuner.driver import run_search
 
     return run_search(args)
-
-
-def default_name(space_name: str) -> str:
-    return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
 from tuner.spaces import Space
-from tuner.trial import train_trial
+from tuner.trial import Reporting, train_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SMOKE = {"num_samples": 2, "max_epochs": 1, "train_images": 1024}   # --smoke: checks a space end to end
+REPORT_SECONDS = 10.0   # a trial reports at least this often (s) besides ASHA's rungs and its end
 
 
 @dataclass
@@ -40,7 +42,8 @@ class SearchOptions:
     overrides: dict = field(default_factory=dict)
     pretrained: dict | None = None       # state dict every trial starts from (tuner.pretrained)
     callbacks: list = field(default_factory=list)
-    verbose: int = 1
+    verbose: int = 1                     # Ray's verbosity (0: nothing printed while the search runs)
+    full_output: bool = False            # --verbose: Ray's status table instead of the progress line
 
     @property
     def remote_storage(self) -> bool:
@@ -55,7 +58,7 @@ class SearchOptions:
         """A local folder for the leaderboard and plots: the experiment's own, or ./ray_results/NAME when
         results live in object storage."""
         folder = Path("ray_results").resolve() / self.name if self.remote_storage else Path(self.experiment_path)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o755)   # never group-writable: --resume checks it
         return folder
 
 
@@ -76,28 +79,79 @@ class FidelityAwareOptuna(OptunaSearch):
     ``max_epochs`` without an end of its own is PRUNED (TPE ranks pruned trials below complete ones, by how
     far they got and then by their last score: the per-epoch scores are reported to Optuna as they come),
     and a complete trial's value is its best epoch's, which is what the leaderboard ranks by.
+
+    With several ``objectives`` (metric, mode) the study is multi-objective (Optuna's TPE samples for the
+    Pareto front). Optuna takes no intermediate values for such studies and cannot rank their pruned trials
+    by how far they got, so every trial that trained is told COMPLETE with what it reached: its best epoch's
+    first objective and its network's other objectives (size, latency). An ASHA-stopped trial is thus a
+    real point, one whose first objective is lower than full training would have given. A trial whose
+    network could not be built has no size or latency: it is PRUNED, which TPE ranks below every complete
+    trial.
     """
 
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, objectives: list[tuple[str, str]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._objectives = list(objectives or [])
         self._best: dict[str, float] = {}
+        self._reported: dict[str, int] = {}    # trial id -> last epoch told to Optuna (a resume may replay some)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self._objectives) > 1
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if self.multi_objective:   # Tune passes the first objective (the scheduler's); the study takes them all
+            metric, mode = [m for m, _ in self._objectives], [d for _, d in self._objectives]
+        return super().set_search_properties(metric, mode, config, **spec)
+
+    def _first(self) -> tuple[str, str]:
+        return self._objectives[0] if self.multi_objective else (self.metric, self.mode)
 
     def on_trial_result(self, trial_id: str, result: dict):
-        super().on_trial_result(trial_id, result)
-        value, best = result.get(self.metric), self._best.get(trial_id)
-        if value is not None and (best is None or (value > best if self.mode == "max" else value < best)):
-            self._best[trial_id] = value
+        if trial_id not in self._completed_trials:
+            self._record(trial_id, result)
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        # A result carries every epoch since the trial's previous one: each is an intermediate value at its
+        # epoch (Ray's OptunaSearch would report one value per result, at the result's count).
+        metric, mode = self._first()
+        for epoch in result.get("epochs") or [result]:
+            value, step = epoch.get(metric), int(epoch.get("epoch", 0))
+            if value is None or step <= self._reported.get(trial_id, 0):
+                continue
+            if not self.multi_objective:
+                self._ot_trials[trial_id].report(value, step)
+            self._reported[trial_id] = step
+            best = self._best.get(trial_id)
+            if best is None or (value > best if mode == "max" else value < best):
+                self._best[trial_id] = value
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if error or not result or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
+        # The result the scheduler stopped the trial on (ASHA at a rung or at max_t) never reaches
+        # on_trial_result: its epochs are counted here.
+        self._record(trial_id, result)
+        if self.multi_objective:
+            return self._complete_multi(trial_id, result)
         if not result.get("end_reason") and 0 < result.get("epoch", 0) < self._max_epochs:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+            self._tell_pruned(trial_id)
             return None
         best = self._best.get(trial_id, result.get(self.metric))
         return super().on_trial_complete(trial_id, {**result, self.metric: best}, error)
+
+    def _tell_pruned(self, trial_id: str) -> None:
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def _complete_multi(self, trial_id: str, result: dict):
+        first = self._objectives[0][0]
+        values = {first: self._best.get(trial_id, result.get(first)),
+                  **{m: result.get(m) for m, _ in self._objectives[1:]}}
+        if any(v is None or v != v for v in values.values()):   # no network: no size, no latency (NaN)
+            return self._tell_pruned(trial_id)
+        return super().on_trial_complete(trial_id, {**result, **values}, False)
 
 
 def startup_trials(space: Space) -> int:
@@ -110,7 +164,7 @@ def make_searcher(space: Space, opts: SearchOptions):
         return None   # Ray's default BasicVariantGenerator expands grid_search over the choices
     sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup_trials(space))
     searcher = FidelityAwareOptuna(sampler=sampler, points_to_evaluate=space.start or None,
-                                   max_epochs=space.max_epochs)
+                                   max_epochs=space.max_epochs, objectives=space.objectives)
     if opts.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
     return searcher
@@ -147,18 +201,32 @@ class SchedulerState(tune.Callback):
         self.scheduler._num_stopped = state["num_stopped"]
 
 
-def make_trainable(data: TrialData, opts: SearchOptions):
+def trial_reporting(space: Space) -> Reporting:
+    """When trials report: at ASHA's rungs (its milestones before max_epochs), at their end, and at least
+    every REPORT_SECONDS."""
+    rungs = asha_milestones(space.grace_period, space.reduction_factor, space.max_epochs)[:-1]
+    return Reporting(tuple(rungs), REPORT_SECONDS)
+
+
+def make_trainable(data: TrialData, opts: SearchOptions, space: Space):
+    """The trainable with its resources; ``space`` is the effective space (its budget sets when to report)."""
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    reporting = trial_reporting(space)
     # with_parameters puts the dataset in Ray's object store once; every trial reads that one copy.
     weights = {} if opts.pretrained is None else {"pretrained": opts.pretrained}   # the same for pretrained weights
-    return tune.with_resources(tune.with_parameters(train_trial, data=data, **weights), resources)
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, reporting=reporting, **weights),
+                               resources)
 
 
 def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"   # short, stable names: the config lives in params.json and MLflow
 
 
-def progress_table(space: Space) -> tune.CLIReporter:
+def progress_table(space: Space, opts: SearchOptions) -> tune.ProgressReporter:
+    """One progress line (tuner.console); with --verbose, Ray's status table with the searched settings."""
+    if not opts.full_output:
+        return SearchProgress(space.metric, space.mode, (space.grace_period, space.reduction_factor, space.max_epochs),
+                              space.num_samples)
     metrics = {"epoch": "epoch", space.metric: space.metric, "val_loss": "val_loss", "train_loss": "train_loss"}
     return tune.CLIReporter(parameter_columns=list(space.search), metric_columns=metrics, sort_by_metric=True,
                             max_report_frequency=15, max_progress_rows=12)
@@ -177,14 +245,19 @@ def tune_config(space: Space, opts: SearchOptions, scheduler: ASHAScheduler) -> 
 def run_config(space: Space, opts: SearchOptions, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
         name=opts.name, storage_path=str(opts.storage_path), callbacks=callbacks, verbose=opts.verbose,
-        progress_reporter=progress_table(space),
-        # Keep each trial's two best checkpoints (the best is scored on the test set) and its latest one
-        # (Ray always keeps the latest, for resuming). Ray snapshots the experiment every num_to_keep
-        # checkpoints of a trial, so 1 would snapshot after every epoch.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
-                                                checkpoint_score_order=space.mode),
+        progress_reporter=progress_table(space, opts),
+        # A trial's latest checkpoint holds what resuming needs and its best epoch's weights (scored on
+        # the test set). Ray deletes checkpoints beyond num_to_keep and snapshots the experiment every
+        # num_to_keep checkpoints of a trial so that its snapshot never names a deleted one; a snapshot
+        # written late (a busy driver) can still name one, so four are kept, not the newest two.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
     )
+
+
+def objectives_text(objectives: list[tuple[str, str]]) -> str:
+    """``val_accuracy:max,params:min``: how the search run's params record a multi-objective search."""
+    return ",".join(f"{metric}:{mode}" for metric, mode in objectives)
 
 
 def search_settings(space: Space, opts: SearchOptions) -> dict:
@@ -192,6 +265,11 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
     searcher = {"searcher": "grid (BasicVariantGenerator)"} if opts.grid else {
         "searcher": "OptunaSearch (TPESampler), ASHA-stopped trials as pruned", "searcher_seed": opts.seed, "startup_trials": startup_trials(space),
         "start_points": len(space.start)}
+    if space.multi_objective:
+        searcher["objectives"] = objectives_text(space.objectives)
+        if not opts.grid:
+            searcher["searcher"] = "OptunaSearch (multi-objective TPESampler), ASHA-stopped trials as complete"
+
     return {
         "space": space.name, "space_file": str(space.path), "dataset": space.dataset, "model": space.model,
         "metric": space.metric, "mode": space.mode, "val_fraction": space.val_fraction, "seed": opts.seed,
@@ -208,7 +286,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
 def build_tuner(space: Space, data: TrialData, opts: SearchOptions) -> tune.Tuner:
     space = effective_space(space, opts)
     scheduler = make_scheduler(space)
-    return tune.Tuner(make_trainable(data, opts),
+    return tune.Tuner(make_trainable(data, opts, space),
                       param_space=space.grid_space() if opts.grid else space.param_space(),
                       tune_config=tune_config(space, opts, scheduler),
                       run_config=run_config(space, opts, [*opts.callbacks, SchedulerState(scheduler)]))

@@ -8,6 +8,7 @@ line naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +19,19 @@ from ray import tune
 
 import search_spaces
 from models import MODELS
+from tuner import limits
+from tuner.costs import COST_METRICS
 from tuner.data import DATASETS
 from tuner.errors import UserError
 from tuner.reference import FIGURES, NOTES
+from tuner.safe_yaml import parse_yaml, read_space_file
 from tuner.train import AUGMENTS, OPTIMIZERS, SCHEDULES, TRAIN_KEYS
 from tuner.transfer import SETTING_VALUES, TRANSFER_KEYS
 
 SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
-            "num_samples", "resources", "reference", "start")
+            "num_samples", "resources", "reference", "start", "objectives")
 SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
@@ -68,6 +72,11 @@ class Space:
     val_fraction: float = 0.1
     reference: list[dict] = field(default_factory=list)
     start: list[dict] = field(default_factory=list)
+    objectives: list[tuple[str, str]] = field(default_factory=list)   # (metric, mode); the first is ``metric``
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     def param_space(self) -> dict[str, Any]:
         """Fixed settings and Ray Tune domains for the searched ones, as one flat dict."""
@@ -138,11 +147,20 @@ class _Checker:
             self.fail(key, f"{value!r} is not a number")
         try:
             num = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self.fail(key, f"{value!r} is not a number")
+        if not math.isfinite(num):
+            self.fail(key, f"{value!r} is not a finite number")
         if kind is int and num != int(num):
             self.fail(key, f"{value!r} is not a whole number")
         return int(num) if kind is int else num
+
+    def in_range(self, key: str, name: str, value):
+        """``value`` within ``name``'s range (tuner.limits), else one line naming the key."""
+        why = limits.problem(name, value)
+        if why is not None:
+            self.fail(key, f"{value!r} {why}")
+        return value
 
     def mapping(self, key: str, value) -> dict:
         if value is None:
@@ -182,7 +200,16 @@ def _check_value(c: _Checker, key: str, value, types: tuple[type, ...], name: st
         c.fail(key, f"{value!r} is not a {wanted}{hint}")
     if name in ENUMS:
         c.one_of(key, value, ENUMS[name])
-    return value
+    return c.in_range(key, name, value)
+
+
+def check_settings(where: str, model: str, values: dict, prefix: str = "") -> None:
+    """``model``'s settings among ``values`` checked as a space's ``fixed:`` values are (type, closed set,
+    range); other keys are left alone."""
+    types, c = setting_types(model), _Checker(Path(where))
+    for key, value in values.items():
+        if key in types:
+            _check_value(c, f"{prefix}{key}", value, types[key], key)
 
 
 def _check_distribution(c: _Checker, key: str, name: str, spec, types: tuple[type, ...]) -> tuple[str, Any]:
@@ -210,6 +237,8 @@ def _check_distribution(c: _Checker, key: str, name: str, spec, types: tuple[typ
         c.fail(key, f"{kind} needs low > 0, got {nums[0]}")
     if n_args == 3 and nums[2] <= 0:
         c.fail(key, f"{kind} needs q > 0, got {nums[2]}")
+    for bound in nums[:2]:   # both ends, so that every value drawn is in range
+        c.in_range(key, name, bound)
     return kind, nums
 
 
@@ -234,7 +263,7 @@ def _check_scheduler(c: _Checker, raw: dict) -> dict:
     for k in sched:
         if k not in SCHEDULER_KEYS:
             c.fail(f"scheduler.{k}", f"unknown key; allowed: {', '.join(SCHEDULER_KEYS)}")
-    out = {k: c.number(f"scheduler.{k}", v, int) for k, v in sched.items()}
+    out = {k: c.in_range(f"scheduler.{k}", k, c.number(f"scheduler.{k}", v, int)) for k, v in sched.items()}
     max_epochs, grace = out.get("max_epochs", 10), out.get("grace_period", 1)
     if max_epochs < 1 or grace < 1 or grace > max_epochs:
         c.fail("scheduler", f"need 1 <= grace_period ({grace}) <= max_epochs ({max_epochs})")
@@ -248,10 +277,8 @@ def _check_resources(c: _Checker, raw: dict) -> dict:
     for k in res:
         if k not in RESOURCE_KEYS:
             c.fail(f"resources.{k}", f"unknown key; allowed: {', '.join(RESOURCE_KEYS)}")
-    out = {"cpu": 1.0, "gpu": 0.0, **{k: c.number(f"resources.{k}", v) for k, v in res.items()}}
-    if out["cpu"] <= 0 or out["gpu"] < 0:
-        c.fail("resources", "cpu must be > 0 and gpu >= 0")
-    return out
+    return {"cpu": 1.0, "gpu": 0.0, **{k: c.in_range(f"resources.{k}", k, c.number(f"resources.{k}", v))
+                                       for k, v in res.items()}}
 
 
 def _check_reference(c: _Checker, entries, types: dict, settable: set[str]) -> list[dict]:
@@ -279,24 +306,45 @@ def _check_reference(c: _Checker, entries, types: dict, settable: set[str]) -> l
     return out
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it: {exc.strerror}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a space file is a YAML mapping (description:, dataset:, model:, ...)")
-    return raw
+def default_mode(metric: str) -> str:
+    return "max" if metric.endswith("accuracy") else "min"
+
+
+def _check_objective(c: _Checker, where: str, entry, first: bool) -> tuple[str, str]:
+    """The first objective is what ASHA stops trials on (a metric of training, at the trial's best epoch);
+    the others are what the network costs, measured by the trial (tuner.costs)."""
+    if not isinstance(entry, dict) or "metric" not in entry:
+        c.fail(where, "must be a mapping such as {metric: params, mode: min}")
+    for key in entry:
+        if key not in ("metric", "mode"):
+            c.fail(f"{where}.{key}", "unknown key; allowed: metric, mode")
+    metric, allowed = entry["metric"], METRICS if first else COST_METRICS
+    if metric not in allowed:
+        what = "the first objective is what ASHA stops trials on, a metric of training" if first else \
+            "objectives after the first are what a network costs"
+        c.fail(f"{where}.metric", f"{metric!r} is not allowed: {what}; use one of: {', '.join(allowed)}")
+    return metric, c.one_of(f"{where}.mode", entry.get("mode", default_mode(metric)), ("max", "min"))
+
+
+def _check_objectives(c: _Checker, raw: dict) -> list[tuple[str, str]]:
+    """``objectives:``: two or more metrics to trade off; the first takes the place of metric and mode."""
+    entries = raw.get("objectives")
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or len(entries) < 2:
+        c.fail("objectives", "must list two or more {metric: ..., mode: max|min}; for one, use metric: and mode:")
+    if "metric" in raw or "mode" in raw:
+        c.fail("objectives", "replaces metric: and mode: (the first objective is the search's metric); remove them")
+    out = [_check_objective(c, f"objectives[{i}]", e, i == 0) for i, e in enumerate(entries)]
+    metrics = [m for m, _ in out]
+    if len(set(metrics)) < len(metrics):
+        c.fail("objectives", f"names a metric twice: {', '.join(metrics)}")
+    return out
 
 
 def load_space(name_or_path: str) -> Space:
     path = find_space(name_or_path)
-    raw, c = _read_yaml(path), _Checker(path)
+    raw, c = read_space_file(path), _Checker(path)
     for key in raw:
         if key not in TOP_KEYS:
             c.fail(key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
@@ -308,14 +356,12 @@ def load_space(name_or_path: str) -> Space:
     fixed, search = _check_params(c, raw, raw["model"])
     if not search:
         c.fail("search", "names no hyperparameter to search")
-    metric = c.one_of("metric", raw.get("metric", "val_accuracy"), METRICS)
-    mode = c.one_of("mode", raw.get("mode", "min" if metric.endswith("loss") else "max"), ("max", "min"))
-    val_fraction = c.number("val_fraction", raw.get("val_fraction", 0.1))
-    if not 0 < val_fraction < 1:
-        c.fail("val_fraction", f"must be between 0 and 1, got {val_fraction}")
-    num_samples = c.number("num_samples", raw.get("num_samples", 10), int)
-    if num_samples < 1:
-        c.fail("num_samples", "must be at least 1")
+    objectives = _check_objectives(c, raw)
+    metric, mode = objectives[0] if objectives else (None, None)
+    metric = metric or c.one_of("metric", raw.get("metric", "val_accuracy"), METRICS)
+    mode = mode or c.one_of("mode", raw.get("mode", "min" if metric.endswith("loss") else "max"), ("max", "min"))
+    val_fraction = c.in_range("val_fraction", "val_fraction", c.number("val_fraction", raw.get("val_fraction", 0.1)))
+    num_samples = c.in_range("num_samples", "num_samples", c.number("num_samples", raw.get("num_samples", 10), int))
     start = raw.get("start") or []
     if not isinstance(start, list) or not all(isinstance(p, dict) and set(p) <= set(search) for p in start):
         c.fail("start", "must be a list of mappings that give values of searched keys")
@@ -325,7 +371,7 @@ def load_space(name_or_path: str) -> Space:
     return Space(name=path.stem, path=path, description=str(raw["description"]).strip(), dataset=raw["dataset"],
                  model=raw["model"], fixed=fixed, search=search, metric=metric, mode=mode,
                  num_samples=num_samples, resources=_check_resources(c, raw), val_fraction=val_fraction,
-                 reference=reference, start=start, **_check_scheduler(c, raw))
+                 reference=reference, start=start, objectives=objectives, **_check_scheduler(c, raw))
 
 
 def parse_override(text: str, space: Space) -> tuple[str, Any]:
@@ -337,4 +383,8 @@ def parse_override(text: str, space: Space) -> tuple[str, Any]:
     allowed = setting_types(space.model)
     if key not in allowed or key in RESERVED:
         raise UserError(f"--set {key}: unknown setting for model {space.model}; allowed: {allowed_list(space.model)}")
-    return key, _check_value(_Checker(Path("command line")), f"--set {key}", yaml.safe_load(value), allowed[key], key)
+    try:
+        parsed = parse_yaml(value)
+    except (yaml.YAMLError, RecursionError):
+        raise UserError(f"--set {key}: {value[:80]!r} is not a value; quote text, e.g. --set fc=64-128") from None
+    return key, _check_value(_Checker(Path("command line")), f"--set {key}", parsed, allowed[key], key)

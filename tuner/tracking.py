@@ -22,16 +22,23 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from tuner.costs import COST_METRICS
 from tuner.errors import UserError
+from tuner.guards import redact
 from tuner.search import end_reason
 
 log = logging.getLogger("tuner.tracking")
 
 PARENT_TAG = "mlflow.parentRunId"
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
-                 "images_per_second", "epoch")
+                 "images_per_second", "epoch", "eval_seconds",
+                 # what the trial spent besides training, on the epoch after it: start, checkpoint, report
+                 "setup_seconds", "checkpoint_seconds", "report_seconds",
+                 *COST_METRICS)   # on the epoch of the trial's first report: size and latency (tuner.costs)
+BATCH_LIMIT = 1000             # metrics per MLflow log_batch call at most
 OFFLINE_RETRY_SECONDS = 30.0   # after a failed write, skip MLflow this long instead of stalling the search
 FAILED = object()              # what SafeClient.call returns when MLflow did not take the call
+_FULL_URIS: dict[str, str] = {}   # redacted -> as given: Ray pickles clients into the storage path redacted
 
 
 @dataclass
@@ -67,26 +74,28 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 def check_tracking(uri: str) -> MlflowClient:
     """Fail in one line, before any trial starts, if the tracking store cannot be used."""
-    scheme = urlparse(uri).scheme
+    scheme, shown = urlparse(uri).scheme, redact(uri)
+    if shown != uri:    # MLflow prints each run's link, credentials and all, when a run ends
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if scheme in ("http", "https"):
         import requests
 
         try:
             reply = requests.get(uri.rstrip("/") + "/health", timeout=5)
         except requests.RequestException as exc:
-            raise UserError(f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start one with "
+            raise UserError(f"MLflow tracking server {shown} is unreachable ({type(exc).__name__}); start one with "
                             f"`mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri") from None
         if reply.status_code != 200:
-            raise UserError(f"{uri} answered {reply.status_code} to /health: is it an MLflow tracking server?")
+            raise UserError(f"{shown} answered {reply.status_code} to /health: is it an MLflow tracking server?")
     elif scheme not in ("sqlite", "file", "postgresql", "mysql", "databricks", ""):
-        raise UserError(f"tracking URI {uri} has an unsupported scheme {scheme!r}; use http(s)://host:port or "
+        raise UserError(f"tracking URI {shown} has an unsupported scheme {scheme!r}; use http(s)://host:port or "
                         f"sqlite:///path/mlflow.db")
     client = MlflowClient(uri, registry_uri=uri)
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"MLflow tracking store {uri} cannot be used: {first[:300]}") from None
+        raise UserError(f"MLflow tracking store {shown} cannot be used: {redact(first)[:300]}") from None
     return client
 
 
@@ -96,6 +105,7 @@ class SafeClient:
 
     def __init__(self, uri: str):
         self.uri = uri
+        _FULL_URIS[redact(uri)] = uri
         self.client = MlflowClient(uri, registry_uri=uri)
         self.missed: list[str] = []
         self.seconds = 0.0                     # spent in MLflow calls (benchmarks/overhead.py reads it)
@@ -115,7 +125,8 @@ class SafeClient:
         except Exception as exc:
             if time.monotonic() >= self._offline_until:
                 log.warning("MLflow at %s failed (%s: %s); not logged: %s. The search goes on.",
-                            self.uri, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", what)
+                            redact(self.uri), type(exc).__name__,
+                            redact(str(exc).splitlines()[0][:200]) if str(exc) else "", what)
             self._offline_until = time.monotonic() + OFFLINE_RETRY_SECONDS
             self.missed.append(what)
             return FAILED
@@ -123,10 +134,11 @@ class SafeClient:
             self.seconds += time.perf_counter() - start
 
     def __getstate__(self):
-        return {"uri": self.uri, "missed": self.missed}   # Ray pickles callbacks; clients do not travel
+        # Ray pickles callbacks into the storage path: clients do not travel, credentials are not written.
+        return {"uri": redact(self.uri), "missed": self.missed}
 
     def __setstate__(self, state):
-        self.__init__(state["uri"])
+        self.__init__(_FULL_URIS.get(state["uri"], state["uri"]))   # a resumed driver gave the full URI
         self.missed = state["missed"]
 
 
@@ -163,9 +175,12 @@ class TrialRuns(Callback):
     # The instance Ray actually runs, by search run: on a resume Ray uses the callback it pickled when the
     # search started, not the one the driver built, and the driver needs its records afterwards.
     _live: dict[str, "TrialRuns"] = {}
+    datasets: tuple = ()   # what a callback pickled before trials carried datasets has
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, asha: tuple[int, int, int]):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, asha: tuple[int, int, int],
+                 datasets: list | None = None):
         self.mlflow = SafeClient(uri)
+        self.datasets = tuple(datasets or ())   # every trial's train and validation split (tuner.data_inputs)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.asha = asha                       # (grace_period, reduction_factor, max_epochs)
@@ -199,6 +214,7 @@ class TrialRuns(Callback):
             self.logged[run.info.run_id] = 0
             self.mlflow.call(f"params of trial {trial.trial_id}", "log_batch", run.info.run_id,
                              params=flat_params(trial.config))
+            log_datasets(self.mlflow, run.info.run_id, self.datasets, f"data of trial {trial.trial_id}")
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -208,17 +224,22 @@ class TrialRuns(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_id(trial)
-        epoch = int(result.get("epoch", 0))
         if run_id is not None and result.get("node_id") and self.nodes.get(run_id) != result["node_id"]:
             self.nodes[run_id] = result["node_id"]
             self.mlflow.call(f"node of trial {trial.trial_id}", "set_tag", run_id, "tuner.node_id", result["node_id"])
-        if run_id is None or epoch <= self.logged.get(run_id, 0):
-            return   # epoch 0 is a rejected config; an epoch already logged is a replay after a restore
+        # A result carries every epoch since the trial's last one; epoch 0 is a rejected config, and an epoch
+        # already logged is a replay after a restart from an older checkpoint.
+        epochs = [e for e in result.get("epochs") or [] if int(e.get("epoch", 0)) > self.logged.get(run_id, 0)]
+        if run_id is None or not epochs:
+            return
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, epoch) for k in EPOCH_METRICS if k in result]
-        if self.mlflow.call(f"epoch {epoch} of trial {trial.trial_id}", "log_batch", run_id,
-                            metrics=metrics) is not FAILED:
-            self.logged[run_id] = epoch
+        metrics = [Metric(k, float(e[k]), now, int(e["epoch"])) for e in epochs for k in EPOCH_METRICS if k in e]
+        last = int(epochs[-1]["epoch"])
+        for i in range(0, len(metrics), BATCH_LIMIT):
+            if self.mlflow.call(f"epochs up to {last} of trial {trial.trial_id}", "log_batch", run_id,
+                                metrics=metrics[i:i + BATCH_LIMIT]) is FAILED:
+                return
+        self.logged[run_id] = last
 
     def _finish(self, trial, status: str):
         run_id = self.run_id(trial)
@@ -241,6 +262,17 @@ class TrialRuns(Callback):
         if run_id:
             retries = int(trial.run_metadata.num_failures)
             self.mlflow.call(f"retry of trial {trial.trial_id}", "set_tag", run_id, "tuner.retries", str(retries))
+
+
+def log_datasets(client, run_id: str, inputs, what: str = "datasets") -> None:
+    """The data a run was trained, validated or tested on (tuner.data_inputs), as MLflow dataset inputs:
+    the UI's Dataset column. ``client``: an MlflowClient, or a SafeClient that records a failure."""
+    if not inputs:
+        return
+    if isinstance(client, SafeClient):
+        client.call(what, "log_inputs", run_id, datasets=list(inputs))
+    else:
+        client.log_inputs(run_id, datasets=list(inputs))
 
 
 # ---- the search's own run --------------------------------------------------------------------------------

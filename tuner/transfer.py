@@ -112,6 +112,7 @@ class Plan:
     refined: list[nn.Parameter] = field(default_factory=list)   # backbone parameters frozen until the start step
     head: set[int] = field(default_factory=set)                 # ids of the head's parameters
     loaded: dict = field(default_factory=dict)
+    _frozen: bool | None = None                                 # the refined backbone's state now
 
     @property
     def start(self) -> float:
@@ -120,21 +121,21 @@ class Plan:
     def frozen_at(self, step: int) -> bool:
         return step < self.start
 
-    def attach(self, model: nn.Module, schedule) -> None:
-        """Freeze or thaw the refined backbone before each training forward pass, from the schedule's step
-        counter: it is in every checkpoint, so a resumed trial thaws at the same step."""
-        if not self.refined or self.start == 0:
-            return
-        state = {"frozen": None}
+    @property
+    def thaws(self) -> bool:
+        """Whether the backbone is frozen for some steps and then trains."""
+        return bool(self.refined) and self.start > 0
 
-        def hook(module, args):
-            frozen = module.training and self.frozen_at(schedule.last_epoch)
-            if module.training and frozen != state["frozen"]:
-                for p in self.refined:
-                    p.requires_grad_(not frozen)   # no gradient: the optimizer neither updates nor decays it
-                state["frozen"] = frozen
-
-        model.register_forward_pre_hook(hook)
+    def trainable_at(self, step: int) -> bool:
+        """Freeze or thaw the refined backbone for the training step ``step`` (the schedule's step counter: it
+        is in every checkpoint, so a resumed trial thaws at the same step); returns whether it is frozen,
+        which the captured training step depends on."""
+        frozen = self.frozen_at(step)
+        if frozen != self._frozen:
+            for p in self.refined:
+                p.requires_grad_(not frozen)   # no gradient: the optimizer neither updates nor decays it
+            self._frozen = frozen
+        return frozen
 
 
 def prepare(model: nn.Module, config: dict, pretrained: dict | None) -> Plan:

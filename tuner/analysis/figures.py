@@ -67,3 +67,13 @@ def message(path: Path, text: str) -> Path:
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center")
     return save(fig, path)
+
+
+def plain_log_axis(ax) -> None:
+    """A log x axis labelled in plain numbers (34, 2000), the minor ticks too where the range is short."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)

@@ -1,4 +1,4 @@
-"""Every size and setting of the best-model report, in one place.
+"""Every size and setting of the report, in one place.
 
 The defaults keep a full report of an MNIST model to about a minute on two idle CPU cores: t-SNE of 5,000
 points takes half of it, robustness on 10,000 images a third, the probes and the rest seconds.
@@ -25,7 +25,9 @@ class Options:
     tsne_layer: str | None = None            # a probe layer's name; None: the last hidden FC layer
     robustness_images: int = 10000           # test images each transform is applied to
     seed: int = 0                            # every random choice of the report (subsets, transforms)
-    log_to_mlflow: bool = True               # artifacts onto the best trial's run
+    log_to_mlflow: bool = True               # artifacts onto the search's run and the studied trial's run
+    search_only: bool = False                # the search's part only (no model, no data needed)
+    model: str = "best"                      # the model studied: best, or pareto-K of a multi-objective search
 
 
 # ---- inference ----------------------------------------------------------------------------------------------

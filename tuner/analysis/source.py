@@ -7,7 +7,6 @@ that reaches the same tracking store.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +15,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from tuner.analysis.settings import Options
+from tuner.bundle import load_logged
 from tuner.data import ImageSet, load_part
 from tuner.errors import UserError
 
@@ -93,30 +93,34 @@ def best_run(parent: Run, trials: list[Run]) -> Run:
                     f"an epoch, or the search has not ended")
 
 
+def chosen_run(parent: Run, trials: list[Run], which: str) -> Run:
+    """``best``: the best trial's run; ``pareto-K``: the run of the K-th model of a multi-objective search's
+    Pareto front, as the search recorded it (its ``tuner.front`` tag)."""
+    if which == "best":
+        return best_run(parent, trials)
+    name, front = parent.data.tags["tuner.search"], [t for t in parent.data.tags.get("tuner.front", "").split(",") if t]
+    if not parent.data.params.get("objectives"):
+        raise UserError(f"search {name!r} is single-objective: it has no Pareto front; drop --model {which} to "
+                        f"study its best model")
+    place = int(which.removeprefix("pareto-"))
+    if not 1 <= place <= len(front):
+        have = f"pareto-1 ... pareto-{len(front)}" if front else "none yet (has the search ended?)"
+        raise UserError(f"search {name!r} has no model {which}: its Pareto front's models are {have}")
+    for run in trials:
+        if run.data.tags.get("tuner.trial_id") == front[place - 1]:
+            return run
+    raise UserError(f"search {name!r}: the run of trial {front[place - 1]} ({which}) is not in MLflow")
+
+
 def logged_model(client: MlflowClient, run: Run, search: str):
     """The LoggedModel tuner.champion logged on the run."""
     models = client.search_logged_models([run.info.experiment_id],
                                          filter_string=f"source_run_id = '{run.info.run_id}'")
-    found = [m for m in models if m.name == MODEL_NAME]
+    found = [m for m in models if m.name == MODEL_NAME and m.status == "READY"]
     if not found:
         raise UserError(f"search {search!r} has no logged model on its best trial's run {run.info.run_id} "
                         f"(was MLflow unreachable when it ended, or --log-top-k 0?)")
     return found[0]
-
-
-def load_model(artifacts: str, tracking_uri: str) -> nn.Module:
-    """The logged model from its artifact location, on the CPU, in eval mode. Not by its models:/ URI:
-    MLflow resolves those through the process-wide tracking URI, which may be another store."""
-    import tempfile
-
-    import mlflow.artifacts
-    import mlflow.pytorch
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file otherwise
-    with tempfile.TemporaryDirectory(prefix="tuner-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=artifacts, dst_path=tmp, tracking_uri=tracking_uri,
-                                                    registry_uri=tracking_uri)
-        return mlflow.pytorch.load_model(local, map_location="cpu").eval()
 
 
 def load_source(opts: Options) -> Source:
@@ -125,13 +129,14 @@ def load_source(opts: Options) -> Source:
     client = check_tracking(opts.tracking_uri)
     parent = find_search(client, opts.search, opts.experiment)
     trials = trial_runs(client, parent)
-    best = best_run(parent, trials)
+    best = chosen_run(parent, trials, opts.model)
     dataset = best.data.params.get("dataset")
     if dataset is None:
         raise UserError(f"the best trial's run {best.info.run_id} has no 'dataset' param: not a tuner search")
     test = load_part(dataset, opts.data_dir, "test", opts.download)   # before the model: the cheaper check
     logged = logged_model(client, best, opts.search)
-    model = load_model(logged.artifact_location, opts.tracking_uri)
+    # Its weights and settings, rebuilt with the registry's builder: nothing from the store is unpickled.
+    model, _ = load_logged(client, logged.model_id, f"the model of search {opts.search!r} ({logged.model_uri})")
     return Source(client, parent, best, trials, model, logged.model_uri, test)
 
 

@@ -1,0 +1,198 @@
+"""Bad input, space files and flags alike: exit status 2, exactly one line on stderr starting with
+``error:``, no traceback, and nothing written to the tracking store or the results folder. Most run
+``tuner.run.main`` in this process; a few run the real command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import run_cli
+from tuner.run import main
+
+SPACE = """description: a small digits space
+dataset: digits
+model: convnet
+fixed: {depth: 1, width: 8, fc: "16"}
+search:
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+num_samples: 2
+scheduler: {max_epochs: 1}
+"""
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "search: *i\n"
+
+
+def with_fixed(text: str) -> str:
+    return SPACE.replace('fixed: {depth: 1, width: 8, fc: "16"}', f'fixed: {{depth: 1, width: 8, fc: "16", {text}}}')
+
+
+def lr_fixed(value: str) -> str:
+    """lr fixed at ``value``, the kernel size searched instead."""
+    return with_fixed(f"lr: {value}").replace("lr: {loguniform: [1.0e-3, 1.0e-2]}", "kernel_size: {choice: [3, 5]}")
+
+
+def with_search(text: str) -> str:
+    return SPACE.replace("  lr: {loguniform: [1.0e-3, 1.0e-2]}\n", f"  lr: {{loguniform: [1.0e-3, 1.0e-2]}}\n  {text}\n")
+
+
+# (case, space file text or None for the default space, extra flags, what the one line says)
+SPACE_CASES = [
+    ("num_samples .nan", SPACE.replace("num_samples: 2", "num_samples: .nan"), [], "num_samples: nan is not a finite"),
+    ("num_samples 1e400", SPACE.replace("num_samples: 2", "num_samples: 1e400"), [], "is not a finite number"),
+    ("num_samples 0", SPACE.replace("num_samples: 2", "num_samples: 0"), [], "num_samples must be >= 1"),
+    ("val_fraction 1", SPACE + "val_fraction: 1\n", [], "val_fraction must be in (0, 1)"),
+    ("val_fraction .nan", SPACE + "val_fraction: .nan\n", [], "is not a finite number"),
+    ("cpu .nan", SPACE + "resources: {cpu: .nan}\n", [], "resources.cpu: nan is not a finite"),
+    ("cpu 0", SPACE + "resources: {cpu: 0}\n", [], "cpu must be > 0"),
+    ("gpu -1", SPACE + "resources: {gpu: -1}\n", [], "gpu must be >= 0"),
+    ("gpu .inf", SPACE + "resources: {gpu: .inf}\n", [], "resources.gpu: inf is not a finite"),
+    ("max_epochs .nan", SPACE.replace("{max_epochs: 1}", "{max_epochs: .nan}"), [], "scheduler.max_epochs"),
+    ("lr 0", lr_fixed("0"), [], "fixed.lr: 0 is out of range: lr must be > 0"),
+    ("lr -0.1", lr_fixed("-0.1"), [], "lr must be > 0"),
+    ("batch_size 1", with_fixed("batch_size: 1"), [], "batch_size must be >= 2"),
+    ("batch_size 0", with_fixed("batch_size: 0"), [], "batch_size must be >= 2"),
+    ("dropout 1", with_fixed("dropout: 1.0"), [], "dropout must be in [0, 1)"),
+    ("conv_dropout -0.1", with_fixed("conv_dropout: -0.1"), [], "conv_dropout must be in [0, 1)"),
+    ("weight_decay < 0", with_fixed("weight_decay: -0.01"), [], "weight_decay must be >= 0"),
+    ("momentum 1.5", with_fixed("momentum: 1.5"), [], "momentum must be in [0, 1]"),
+    ("label_smoothing 1", with_fixed("label_smoothing: 1.0"), [], "label_smoothing must be in [0, 1)"),
+    ("ema 1", with_fixed("ema: 1.0"), [], "ema must be in [0, 1)"),
+    ("patience -1", with_fixed("patience: -1"), [], "patience must be >= 0"),
+    ("grad_clip -1", with_fixed("grad_clip: -1.0"), [], "grad_clip must be >= 0"),
+    ("warmup_epochs -1", with_fixed("warmup_epochs: -1.0"), [], "warmup_epochs must be >= 0"),
+    ("lr_gamma 0", with_fixed("lr_gamma: 0.0"), [], "lr_gamma must be > 0"),
+    ("eval_batch_size -1", with_fixed("eval_batch_size: -1"), [], "eval_batch_size must be >= 0"),
+    ("fixed lr .nan", lr_fixed(".nan"), [], "fixed.lr: nan is not a finite number"),
+    ("depth 0", SPACE.replace("depth: 1", "depth: 0"), [], "depth must be >= 1"),
+    ("width 0", SPACE.replace("width: 8", "width: 0"), [], "width must be >= 1"),
+    ("NaN bound", SPACE.replace("[1.0e-3, 1.0e-2]", "[.nan, 1.0e-2]"), [], "search.lr: nan is not a finite"),
+    ("inf bound", SPACE.replace("[1.0e-3, 1.0e-2]", "[1.0e-3, .inf]"), [], "search.lr: inf is not a finite"),
+    ("lr bound 0", SPACE.replace("{loguniform: [1.0e-3, 1.0e-2]}", "{uniform: [0, 0.1]}"), [], "lr must be > 0"),
+    ("dropout up to 1", with_search("dropout: {uniform: [0.0, 1.0]}"), [], "search.dropout: 1.0 is out of range"),
+    ("batch choice 1", with_search("batch_size: {choice: [1, 32]}"), [], "search.batch_size.choice: 1 is out"),
+    ("width int from 0", with_search("kernel_size: {int: [0, 3]}"), [], "kernel_size must be >= 1"),
+    ("start point", SPACE + "start:\n  - {lr: -1.0}\n", [], "start[0].lr: -1.0 is out of range"),
+    ("reference .nan", SPACE + "reference:\n  - {test_accuracy: .nan}\n", [], "test_accuracy: nan is not a finite"),
+    ("alias", SPACE + "extra: &x 1\n", [], "anchors and aliases (&name, *name) are not allowed"),
+    ("alias bomb", BOMB, [], "anchors and aliases"),
+    ("nested too deeply", "[" * 50_000 + "]" * 50_000, [], "nested too deeply"),
+    ("not UTF-8", SPACE.replace("small", "sm\xe4ll").encode("latin-1"), [], "not UTF-8 text"),
+    ("over 1 MB", SPACE + "#" * (1 << 20) + "\n", [], "too large for a space file"),
+]
+FLAG_CASES = [
+    ("--set batch_size=nan", None, ["--set", "batch_size=nan"], "--set batch_size: 'nan' is not a finite number"),
+    ("--set width=1e400", None, ["--set", "width=1e400"], "--set width: '1e400' is not a finite number"),
+    ("--set lr=-1", None, ["--set", "lr=-1"], "lr must be > 0"),
+    ("--set dropout=1", None, ["--set", "dropout=1"], "dropout must be in [0, 1)"),
+    ("--set alias", None, ["--set", "fc=*a"], "--set fc:"),
+    ("--gpus-per-trial -0.5", None, ["--gpus-per-trial", "-0.5"], "--gpus-per-trial -0.5 is out of range"),
+    ("--gpus-per-trial nan", None, ["--gpus-per-trial", "nan"], "--gpus-per-trial nan is not a finite number"),
+    ("--cpus-per-trial 0", None, ["--cpus-per-trial", "0"], "cpus_per_trial must be > 0"),
+    ("--cpus-per-trial inf", None, ["--cpus-per-trial", "inf"], "is not a finite number"),
+    ("--max-failures -1", None, ["--max-failures", "-1"], "max_failures must be >= 0"),
+    ("--seed -1", None, ["--seed", "-1"], "seed must be in [0, 4294967295]"),
+    ("--seed 2**32", None, ["--seed", str(2 ** 32)], "seed must be in [0, 4294967295]"),
+    ("--log-top-k -1", None, ["--log-top-k", "-1"], "log_top_k must be >= 0"),
+    ("--max-concurrent 0", None, ["--max-concurrent", "0"], "max_concurrent must be >= 1"),
+    ("--num-samples 0", None, ["--num-samples", "0"], "num_samples must be >= 1"),
+    ("--max-epochs 0", None, ["--max-epochs", "0"], "max_epochs must be >= 1"),
+    ("--name ../../x", None, ["--name", "../../x"], "--name '../../x' is not allowed"),
+    ("--name /abs", None, ["--name", "/tmp/p"], "--name '/tmp/p' is not allowed"),
+    ("--name .", None, ["--name", "."], "--name '.' is not allowed"),
+    ("--name quote", None, ["--name", "a'b"], "is not allowed: use 1 to 128 letters"),
+    ("--experiment ../x", None, ["--experiment", "../x"], "--experiment '../x' is not allowed"),
+    ("--experiment quote", None, ["--experiment", "it's"], "--experiment \"it's\" is not allowed"),
+    ("--resume without --name", None, ["--resume"], "--resume needs --name"),
+]
+
+
+def check_one_line(code: int, err: str, expected: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert "Traceback" not in err
+
+
+def args_for(tmp_path, text, flags: list[str]) -> list[str]:
+    space = "quickstart"
+    if text is not None:
+        space = str(tmp_path / "space.yaml")
+        (tmp_path / "space.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
+    name = [] if "--name" in flags or "--resume" in flags else ["--name", "t"]
+    return ["--space", space, "--storage-path", str(tmp_path / "rr"), "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}", *name, *flags]
+
+
+def nothing_written(tmp_path) -> None:
+    assert not (tmp_path / "rr").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlflow").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_the_table_is_long_enough():
+    assert len(SPACE_CASES) + len(FLAG_CASES) + 3 >= 40
+
+
+@pytest.mark.parametrize("case,text,flags,expected", SPACE_CASES + FLAG_CASES,
+                         ids=[c[0] for c in SPACE_CASES + FLAG_CASES])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case, text, flags, expected):
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = main(args_for(tmp_path, text, flags))
+    check_one_line(code, capsys.readouterr().err, expected)
+    nothing_written(tmp_path)
+
+
+def test_an_unwritable_storage_path_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    args = args_for(tmp_path, None, [])
+    args[args.index("--storage-path") + 1] = str(tmp_path / "a-file" / "rr")
+    check_one_line(main(args), capsys.readouterr().err, "cannot be created")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("problem", ["group-writable", "world-writable", "another user's"])
+def test_a_storage_folder_others_can_write_is_refused(tmp_path, monkeypatch, capsys, problem):
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "rr"
+    storage.mkdir(mode=0o755)
+    if problem == "another user's":
+        if os.geteuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        os.chown(storage, 65534, 65534)
+        expected = "belongs to another user"
+    else:
+        storage.chmod(0o775 if problem == "group-writable" else 0o777)
+        expected = "is writable by other users"
+    check_one_line(main(args_for(tmp_path, None, [])), capsys.readouterr().err, expected)
+    assert list(storage.iterdir()) == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_resumed_search_whose_folder_others_can_write_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rr" / "t").mkdir(parents=True, mode=0o755)
+    (tmp_path / "rr" / "t").chmod(0o777)
+    code = main(args_for(tmp_path, None, ["--name", "t", "--resume"]))
+    check_one_line(code, capsys.readouterr().err, "the search's folder")
+
+
+def test_a_space_file_whose_name_is_not_allowed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my space.yaml").write_text(SPACE)
+    args = args_for(tmp_path, None, [])
+    args[1] = str(tmp_path / "my space.yaml")
+    check_one_line(main(args), capsys.readouterr().err, "'my space' is not allowed")
+    nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("text,flags,expected", [
+    (BOMB, [], "anchors and aliases"),
+    (None, ["--set", "width=1e400"], "is not a finite number"),
+    (None, ["--gpus-per-trial", "-0.5"], "--gpus-per-trial -0.5 is out of range"),
+], ids=["alias bomb", "width 1e400", "negative GPUs"])
+def test_the_real_command_says_one_line(tmp_path, text, flags, expected):
+    code, _, err = run_cli(*args_for(tmp_path, text, flags), cwd=tmp_path, timeout=120)
+    check_one_line(code, err, expected)
+    nothing_written(tmp_path)
