@@ -1,19 +1,24 @@
-"""ASHA + Optuna (TPE) against FIFO random search (and an exhaustive grid where a space is all choices) on
-the same space with the same budget of trial-epochs, over several seeds: the best validation accuracy each
-reaches, and how many trial-epochs each needs to reach random search's final best.
+"""Search methods side by side on the same spaces with the same budget of trial-epochs, over several seeds:
+FIFO random search (every trial to max_epochs), ASHA with random search, and ASHA + Optuna's TPE with the
+space's searcher settings and with each alternative (independent TPE, no constant liar, ASHA-stopped
+trials told as values, fewer start-up trials, other grace periods, reduction factors and brackets). Per
+method: the best validation score (mean and sd over seeds), the trial-epochs it needs to reach random
+search's final best on each seed, and wall time.
 
-    python benchmarks/search_efficiency.py --budget 200 --seeds 0 1 2            # report 003's MNIST space
-    python benchmarks/search_efficiency.py --set lr=0.001 --set weight_decay=1e-7  # all choices: + grid
+    python benchmarks/search_efficiency.py                       # both spaces, every method, seeds 0 1 2
+    python benchmarks/search_efficiency.py --spaces mnist_filters_strides --methods random default
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +34,33 @@ from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from tuner.cli import Help  # noqa: E402
 from tuner.data import limit_indices, prepare_trial_data, resolve_data_dir  # noqa: E402
 from tuner.search import SearchOptions, effective_space, make_scheduler, make_searcher, make_trainable  # noqa: E402
-from tuner.spaces import load_space, parse_override  # noqa: E402
+from tuner.spaces import Space, load_space, parse_override  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SPACES = ["mnist_filters_strides", str(HERE / "spaces" / "mnist_deep.yaml")]   # most settings good; most bad
+
+
+def searcher(**changes):
+    return lambda s: dataclasses.replace(s, searcher=dataclasses.replace(s.searcher, **changes))
+
+
+def scheduler(**changes):
+    return lambda s: dataclasses.replace(s, **changes)
+
+
+# name -> (how trials are chosen, how they are stopped, what changes in the space's settings)
+METHODS = {
+    "random": ("random", "fifo", None),
+    "asha-random": ("random", "asha", None),
+    "default": ("tpe", "asha", None),
+    "tpe-independent": ("tpe", "asha", searcher(multivariate=False, constant_liar=False)),
+    "tpe-no-liar": ("tpe", "asha", searcher(constant_liar=False)),
+    "stopped-as-value": ("tpe", "asha", searcher(stopped="value")),
+    "startup-3": ("tpe", "asha", searcher(startup_trials=3)),
+    "hyperband-3": ("tpe", "asha", scheduler(brackets=3)),
+    "grace-2": ("tpe", "asha", lambda s: dataclasses.replace(s, grace_period=min(2 * s.grace_period, s.max_epochs))),
+    "factor-2": ("tpe", "asha", scheduler(reduction_factor=2)),
+}
 
 
 def epochs_of(result: dict) -> list[dict]:
@@ -62,103 +93,133 @@ class Trace(tune.Callback):
         self.scores += [float(epoch[self.metric]) for epoch in epochs_of(result)]
 
 
-def run_method(method: str, space, data, seed: int, budget: int, storage: str, overrides: dict) -> list[float]:
-    """One search; returns the best-so-far score after each trial-epoch."""
+def run_method(method: str, space: Space, data, seed: int, budget: int, storage: str) -> tuple[list[float], float]:
+    """One search; returns the best-so-far score after each trial-epoch, and its wall time (s)."""
+    choose, stop, change = METHODS[method]
+    space = change(space) if change else space
     opts = SearchOptions(f"{method}-{seed}", storage, num_samples=budget, max_epochs=space.max_epochs,
-                         cpus_per_trial=1, gpus_per_trial=0, seed=seed, verbose=0, grid=method == "grid",
-                         overrides=overrides)
+                         cpus_per_trial=1, gpus_per_trial=0, seed=seed, verbose=0)
     space = effective_space(space, opts)
+    # Enough trials to spend the budget: a FIFO trial runs max_epochs; an ASHA trial may stop at grace.
+    space.num_samples = math.ceil(budget / (space.grace_period if stop == "asha" else space.max_epochs))
     trace = Trace(space.metric)
-    if method == "asha+tpe":
-        searcher, scheduler, params = make_searcher(space, opts), make_scheduler(space), space.param_space()
-    else:   # every trial runs to max_epochs: FIFO
-        searcher = BasicVariantGenerator(random_state=seed, max_concurrent=0)
-        scheduler, params = FIFOScheduler(), space.grid_space() if method == "grid" else space.param_space()
-    # Enough trials to spend the budget: every random trial runs max_epochs; an ASHA trial may stop at grace.
-    per_trial = space.grace_period if method == "asha+tpe" else space.max_epochs
-    samples = 1 if method == "grid" else math.ceil(budget / per_trial)
-    tuner = tune.Tuner(make_trainable(data, opts, space), param_space=params,
-                       tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher,
-                                                   scheduler=scheduler, num_samples=samples, reuse_actors=True),
+    search = make_searcher(space, opts) if choose == "tpe" else BasicVariantGenerator(random_state=seed)
+    tuner = tune.Tuner(make_trainable(data, opts, space), param_space=space.param_space(),
+                       tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,
+                                                   scheduler=make_scheduler(space) if stop == "asha" else FIFOScheduler(),
+                                                   num_samples=space.num_samples, reuse_actors=True),
                        run_config=tune.RunConfig(name=opts.name, storage_path=storage, verbose=0,
                                                  stop=EpochBudget(budget), callbacks=[trace]))
+    started = time.perf_counter()
     tuner.fit()
+    wall = time.perf_counter() - started
     best, curve = float("-inf"), []
     for score in trace.scores[:budget]:
         best = max(best, score)
         curve.append(best)
-    return curve
+    return curve, wall
 
 
 def epochs_to_reach(curve: list[float], target: float) -> int | None:
     return next((i + 1 for i, best in enumerate(curve) if best >= target - 1e-12), None)
 
 
-def summarise(curves: dict[str, dict[int, list[float]]], budget: int) -> list[dict]:
-    """Per method: mean best score; trial-epochs to reach random search's final best, per seed."""
+@dataclass
+class Row:
+    method: str
+    finals: list[float]                     # best score per seed
+    reach: list[int | None]                 # trial-epochs to random's final best, per seed (None: never)
+    walls: list[float]                      # seconds per search
+    budget: int
+
+    @property
+    def worst_share(self) -> float | None:
+        return None if None in self.reach else max(self.reach) / self.budget
+
+
+def summarise(curves: dict[str, dict[int, list[float]]], walls: dict[str, dict[int, float]], budget: int) -> list[Row]:
     rows = []
     for method, by_seed in curves.items():
-        reach = []
-        for seed, curve in by_seed.items():
-            target = curves["fifo+random"][seed][-1]
-            reach.append(epochs_to_reach(curve, target))
-        finals = [c[-1] for c in by_seed.values()]
-        rows.append({"method": method, "best": statistics.mean(finals), "finals": finals,
-                     "spread": statistics.pstdev(finals), "reach": reach, "budget": budget})
+        targets = {seed: curves["random"][seed][-1] for seed in by_seed}
+        rows.append(Row(method, [c[-1] for c in by_seed.values()],
+                        [epochs_to_reach(c, targets[seed]) for seed, c in by_seed.items()],
+                        list(walls[method].values()), budget))
     return rows
 
 
-def table(rows: list[dict], args) -> str:
-    fixed = f", fixed {' '.join(args.overrides)}" if args.overrides else ""
-    lines = [f"search_efficiency: space {args.space}{fixed}, {args.train_images} training images per trial, "
-             f"budget {args.budget} trial-epochs, seeds {args.seeds}", "",
-             "| method | best val score (mean ± sd) | best, per seed | trial-epochs to reach random's final best, "
-             "per seed | share of the budget |", "|---|---:|---|---|---:|"]
+def table(space: str, rows: list[Row], args) -> str:
+    lines = [f"space {Path(space).stem}: {args.train_images} training and {args.val_images} validation images, budget {args.budget} "
+             f"trial-epochs per search, seeds {' '.join(map(str, args.seeds))}", "",
+             "| method | best val score (mean ± sd) | trial-epochs to random's final best, per seed | worst share "
+             "of the budget | wall s per search (mean) |", "|---|---:|---|---:|---:|"]
     for r in rows:
-        reached = [x for x in r["reach"] if x is not None]
-        share = f"{statistics.mean(reached) / r['budget']:.2f}" if len(reached) == len(r["reach"]) else "not all"
-        lines.append(f"| {r['method']} | {r['best']:.4f} ± {r['spread']:.4f} | "
-                     f"{', '.join(f'{f:.4f}' for f in r['finals'])} | "
-                     f"{', '.join('never' if x is None else str(x) for x in r['reach'])} | {share} |")
+        sd = statistics.pstdev(r.finals)
+        share = "never on some seed" if r.worst_share is None else f"{r.worst_share:.2f}"
+        lines.append(f"| {r.method} | {statistics.mean(r.finals):.4f} ± {sd:.4f} | "
+                     f"{', '.join('never' if x is None else str(x) for x in r.reach)} | {share} | "
+                     f"{statistics.mean(r.walls):.0f} |")
     return "\n".join(lines)
 
 
-def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
-    p.add_argument("--space", default="mnist_filters_strides")
-    p.add_argument("--budget", type=int, default=200, help="trial-epochs each search may spend")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-epochs", type=int, help="override the space's max_epochs")
-    p.add_argument("--train-images", type=int, default=8000,
-                   help="training images per trial (a stratified subset; the validation split stays whole)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a setting, as tuner.run --set (fixing every non-choice adds the grid)")
-    p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
-    args = p.parse_args(argv)
-    space = load_space(args.space)
+def prepared_space(name: str, args) -> Space:
+    space = load_space(name)
     overrides = dict(parse_override(o, space) for o in args.overrides)
     space.search = {k: v for k, v in space.search.items() if k not in overrides}
-    space.start = []    # no head start from a report's known best setting: both methods sample from scratch
+    space.fixed = {**space.fixed, **overrides}
+    space.start = []    # no head start from a report's known best setting: every method samples from scratch
     if space.mode != "max":
-        raise SystemExit(f"{args.space} minimises {space.metric}; this benchmark compares maximised scores")
+        raise SystemExit(f"{name} minimises {space.metric}; this benchmark compares maximised scores")
     if args.max_epochs:
         space.max_epochs, space.grace_period = args.max_epochs, min(space.grace_period, args.max_epochs)
-    methods = ["asha+tpe", "fifo+random"] + (["grid"] if all(k == "choice" for k, _ in space.search.values()) else [])
+    return space
+
+
+def bench_space(name: str, args, storage: str) -> list[Row]:
+    space = prepared_space(name, args)
+    curves = {m: {} for m in args.methods}
+    walls = {m: {} for m in args.methods}
+    for seed in args.seeds:
+        data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, seed)
+        data.train_idx = limit_indices(data.train_idx, data.labels, args.train_images, seed)
+        data.val_idx = limit_indices(data.val_idx, data.labels, args.val_images, seed)
+        for method in args.methods:
+            curves[method][seed], walls[method][seed] = run_method(method, space, data, seed, args.budget, storage)
+            print(f"  {Path(name).stem} seed {seed} {method}: best {curves[method][seed][-1]:.4f}, "
+                  f"{walls[method][seed]:.0f} s", file=sys.stderr, flush=True)
+    return summarise(curves, walls, args.budget)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Help)
+    p.add_argument("--spaces", nargs="+", default=SPACES, help="space names or files")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="methods to compare; random is always run (it sets the target)")
+    p.add_argument("--budget", type=int, default=60, help="trial-epochs each search may spend")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max-epochs", type=int, help="override the spaces' max_epochs")
+    p.add_argument("--train-images", type=int, default=2000, help="training images per trial (a stratified subset)")
+    p.add_argument("--val-images", type=int, default=2000, help="validation images (a stratified subset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a setting in every space, as tuner.run --set")
+    p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
+    args = p.parse_args(argv)
+    args.methods = ["random"] + [m for m in args.methods if m != "random"]
+    return args
+
+
+def main(argv=None) -> dict[str, list[Row]]:
+    args = parse_args(argv)
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False, logging_level="WARNING")
-    curves: dict[str, dict[int, list[float]]] = {m: {} for m in methods}
+    results = {}
     with tempfile.TemporaryDirectory(prefix="search-efficiency-") as storage:
-        for seed in args.seeds:
-            data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, seed)
-            data.train_idx = limit_indices(data.train_idx, data.labels, args.train_images, seed)
-            for method in methods:
-                curves[method][seed] = run_method(method, space, data, seed, args.budget, storage, overrides)
+        for name in args.spaces:
+            results[name] = bench_space(name, args, storage)
+            print(table(name, results[name], args) + "\n", flush=True)
     if started:
         ray.shutdown()
-    rows = summarise(curves, args.budget)
-    print(table(rows, args))
-    return rows
+    return results
 
 
 if __name__ == "__main__":

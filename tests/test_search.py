@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_cli, search_args
 from tuner.run import main
+from tuner.spaces import find_space, load_space
 
 
 
@@ -119,3 +122,39 @@ def test_tpe_hears_of_asha_stops_as_pruned_trials_and_of_complete_ones_by_their_
     assert trials["stopped"].state.name == "PRUNED" and trials["stopped"].intermediate_values == {1: 0.3, 2: 0.4}
     assert trials["done"].state.name == "COMPLETE" and trials["done"].value == 0.9
     assert trials["patience"].state.name == "COMPLETE" and trials["patience"].value == 0.6
+
+
+def test_tpe_told_asha_stops_as_values_completes_them_with_their_best_epoch():
+    from ray import tune
+
+    from tuner.search import FidelityAwareOptuna
+
+    searcher = FidelityAwareOptuna(metric="val_accuracy", mode="max", max_epochs=6, stopped="value")
+    searcher.set_search_properties("val_accuracy", "max", {"lr": tune.loguniform(1e-4, 1e-1)})
+    searcher.suggest("stopped")
+    for epoch, score in enumerate([0.3, 0.5, 0.4], 1):
+        searcher.on_trial_result("stopped", {"val_accuracy": score, "epoch": epoch})
+    searcher.on_trial_complete("stopped", {"val_accuracy": 0.4, "epoch": 3})
+    trial = searcher._ot_study.trials[0]
+    assert trial.state.name == "COMPLETE" and trial.value == 0.5 and trial.intermediate_values == {1: 0.3, 2: 0.5, 3: 0.4}
+
+
+def test_a_spaces_searcher_section_sets_the_sampler_and_the_scheduler(tmp_path):
+    from tuner.search import SearchOptions, effective_space, make_scheduler, make_searcher, search_settings
+
+    text = (Path(find_space("quickstart")).read_text() + "searcher: {multivariate: false, constant_liar: false, "
+            "startup_trials: 4, stopped: value}\n").replace("scheduler: {", "scheduler: {brackets: 2, ")
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    space = load_space(str(path))
+    opts = SearchOptions("x", str(tmp_path), space.num_samples, space.max_epochs, 1, 0)
+    eff = effective_space(space, opts)
+    searcher = make_searcher(eff, opts)
+    sampler = searcher._sampler
+    assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (False, False, 4)
+    assert searcher._stopped == "value" and len(make_scheduler(eff)._brackets) == 2
+    settings = search_settings(eff, opts)
+    assert (settings["startup_trials"], settings["brackets"], settings["multivariate"]) == (4, 2, False)
+    default = load_space("quickstart").searcher       # a space without the section: the measured defaults
+    assert (default.multivariate, default.constant_liar, default.stopped) == (True, True, "pruned")
+    assert default.startup(40) == 10 and default.startup(8) == 3

@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
+from tuner.sampling import make_sampler
 from tuner.spaces import Space
 from tuner.trial import Reporting, train_trial
 
@@ -89,9 +90,11 @@ class FidelityAwareOptuna(OptunaSearch):
     trial.
     """
 
-    def __init__(self, *args, max_epochs: int, objectives: list[tuple[str, str]] | None = None, **kwargs):
+    def __init__(self, *args, max_epochs: int, objectives: list[tuple[str, str]] | None = None,
+                 stopped: str = "pruned", **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._stopped = stopped          # "value": an ASHA-stopped trial is COMPLETE with its best score so far
         self._objectives = list(objectives or [])
         self._best: dict[str, float] = {}
         self._reported: dict[str, int] = {}    # trial id -> last epoch told to Optuna (a resume may replay some)
@@ -135,7 +138,8 @@ class FidelityAwareOptuna(OptunaSearch):
         self._record(trial_id, result)
         if self.multi_objective:
             return self._complete_multi(trial_id, result)
-        if not result.get("end_reason") and 0 < result.get("epoch", 0) < self._max_epochs:
+        stopped_early = not result.get("end_reason") and 0 < result.get("epoch", 0) < self._max_epochs
+        if stopped_early and self._stopped == "pruned":
             self._tell_pruned(trial_id)
             return None
         best = self._best.get(trial_id, result.get(self.metric))
@@ -154,17 +158,13 @@ class FidelityAwareOptuna(OptunaSearch):
         return super().on_trial_complete(trial_id, {**result, **values}, False)
 
 
-def startup_trials(space: Space) -> int:
-    """Random trials before TPE models the results: a quarter of the budget, 3 to 10."""
-    return min(10, max(3, space.num_samples // 4))
-
-
 def make_searcher(space: Space, opts: SearchOptions):
     if opts.grid:
         return None   # Ray's default BasicVariantGenerator expands grid_search over the choices
-    sampler = optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=startup_trials(space))
+    sampler = make_sampler(space.searcher, opts.seed, space.num_samples)
     searcher = FidelityAwareOptuna(sampler=sampler, points_to_evaluate=space.start or None,
-                                   max_epochs=space.max_epochs, objectives=space.objectives)
+                                   max_epochs=space.max_epochs, objectives=space.objectives,
+                                   stopped=space.searcher.stopped)
     if opts.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
     return searcher
@@ -173,7 +173,7 @@ def make_searcher(space: Space, opts: SearchOptions):
 def make_scheduler(space: Space) -> ASHAScheduler:
     # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
     return ASHAScheduler(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                         reduction_factor=space.reduction_factor)
+                         reduction_factor=space.reduction_factor, brackets=space.brackets)
 
 
 class SchedulerState(tune.Callback):
@@ -263,8 +263,8 @@ def objectives_text(objectives: list[tuple[str, str]]) -> str:
 def search_settings(space: Space, opts: SearchOptions) -> dict:
     """The resolved search: what was searched, how, and on what (logged as params and as a JSON artifact)."""
     searcher = {"searcher": "grid (BasicVariantGenerator)"} if opts.grid else {
-        "searcher": "OptunaSearch (TPESampler), ASHA-stopped trials as pruned", "searcher_seed": opts.seed, "startup_trials": startup_trials(space),
-        "start_points": len(space.start)}
+        "searcher": f"OptunaSearch (TPESampler), ASHA-stopped trials as {space.searcher.stopped}",
+        "searcher_seed": opts.seed, "start_points": len(space.start), **space.searcher.describe(space.num_samples)}
     if space.multi_objective:
         searcher["objectives"] = objectives_text(space.objectives)
         if not opts.grid:
@@ -275,7 +275,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
         "metric": space.metric, "mode": space.mode, "val_fraction": space.val_fraction, "seed": opts.seed,
         "num_samples": space.num_samples, **searcher,
         "scheduler": "ASHAScheduler", "time_attr": "epoch", "max_t": space.max_epochs,
-        "grace_period": space.grace_period, "reduction_factor": space.reduction_factor,
+        "grace_period": space.grace_period, "reduction_factor": space.reduction_factor, "brackets": space.brackets,
         "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
         "max_concurrent": opts.max_concurrent or "auto", "max_failures": opts.max_failures,
         "storage_path": str(opts.storage_path), "fixed": space.fixed,

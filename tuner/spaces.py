@@ -25,14 +25,15 @@ from tuner.data import DATASETS
 from tuner.errors import UserError
 from tuner.reference import FIGURES, NOTES
 from tuner.safe_yaml import parse_yaml, read_space_file
+from tuner.sampling import SearcherSettings, check_searcher
 from tuner.train import AUGMENTS, OPTIMIZERS, SCHEDULES, TRAIN_KEYS
 from tuner.transfer import SETTING_VALUES, TRANSFER_KEYS
 
 SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
-            "num_samples", "resources", "reference", "start", "objectives")
-SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor")
+            "num_samples", "resources", "reference", "start", "objectives", "searcher")
+SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets")
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
@@ -67,12 +68,14 @@ class Space:
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: int = 3
+    brackets: int = 1                           # ASHA's brackets; more than one is Hyperband's hedge on grace
     num_samples: int = 10
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     val_fraction: float = 0.1
     reference: list[dict] = field(default_factory=list)
     start: list[dict] = field(default_factory=list)
     objectives: list[tuple[str, str]] = field(default_factory=list)   # (metric, mode); the first is ``metric``
+    searcher: SearcherSettings = field(default_factory=SearcherSettings)
 
     @property
     def multi_objective(self) -> bool:
@@ -368,10 +371,13 @@ def load_space(name_or_path: str) -> Space:
     types = setting_types(raw["model"])
     start = [{k: _check_value(c, f"start[{i}].{k}", v, types[k], k) for k, v in p.items()} for i, p in enumerate(start)]
     reference = _check_reference(c, raw.get("reference") or [], types, set(fixed) | set(search))
+    searcher = check_searcher(c.mapping("searcher", raw.get("searcher")), c.fail,
+                              lambda key, v: c.in_range(key, "startup_trials", c.number(key, v, int)), c.one_of)
     return Space(name=path.stem, path=path, description=str(raw["description"]).strip(), dataset=raw["dataset"],
                  model=raw["model"], fixed=fixed, search=search, metric=metric, mode=mode,
                  num_samples=num_samples, resources=_check_resources(c, raw), val_fraction=val_fraction,
-                 reference=reference, start=start, objectives=objectives, **_check_scheduler(c, raw))
+                 reference=reference, start=start, objectives=objectives, searcher=searcher,
+                 **_check_scheduler(c, raw))
 
 
 def parse_override(text: str, space: Space) -> tuple[str, Any]:
