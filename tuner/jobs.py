@@ -59,8 +59,8 @@ def tracking_uri(meta: dict) -> str | None:
 
 
 def best_so_far(meta: dict) -> str:
-    """The best score of the search's trials in MLflow so far (each trial's latest), or '?' where the
-    tracking store cannot be read from here."""
+    """The search's best score in MLflow: once it has concluded, its own; before, the best latest score
+    of its trials. '?' where the tracking store cannot be read from here."""
     uri = tracking_uri(meta)
     if not uri:
         return "?"
@@ -75,6 +75,8 @@ def best_so_far(meta: dict) -> str:
         if not parents:
             return "-"
         metric, order = meta["tuner.metric"], "DESC" if meta.get("tuner.mode") == "max" else "ASC"
+        if f"best_{metric}" in parents[0].data.metrics:            # the search has concluded
+            return f"{parents[0].data.metrics[f'best_{metric}']:.4f}"
         best = client.search_runs([exp.experiment_id], max_results=1, order_by=[f"metrics.`{metric}` {order}"],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
         value = best[0].data.metrics.get(metric) if best else None
