@@ -4,26 +4,16 @@ losing the second one. Each node is a `ray start --block` in its own process ses
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.mlflow_server import MlflowServer, free_port
-from tests.processes import Search, child_runs, kill_processes_mentioning, wait_until
+from tests.mlflow_server import MlflowServer
+from tests.processes import Search, child_runs, wait_until
+from tests.ray_cluster import AUTH, two_nodes
 
 pytestmark = pytest.mark.slow
-# Ray 2.60 secures a cluster with a token; every node and the driver must hold it. The test's own token,
-# so it neither needs nor touches ~/.ray/auth_token.
-AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-        "RAY_USAGE_STATS_ENABLED": "0"}
 SPACE = """description: MNIST trials long enough (seconds) for a cluster to spread them
 dataset: mnist
 model: report003_mnist
@@ -38,56 +28,10 @@ resources: {cpu: 1}
 """
 
 
-def wait_port(port: int, node: "RayNode", timeout: float = 60) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.proc.poll() is not None:
-            raise RuntimeError(f"ray start exited: {Path(node.out.name).read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no Ray head on port {port}")
-
-
-class RayNode:
-    def __init__(self, *args: str, log: Path):
-        ray = str(Path(sys.executable).parent / "ray")
-        self.out = open(log, "w")
-        self.proc = subprocess.Popen([ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
-                                     stdout=self.out, stderr=subprocess.STDOUT, env={**os.environ, **AUTH},
-                                     start_new_session=True)
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)     # the node's raylet, workers and agents: its session
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        self.out.close()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("cluster")
-    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")     # short: Ray's socket paths live under it
-    port = free_port()
-    head = RayNode("--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard=false",
-                   "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-                   log=tmp_path / "head.log")
-    wait_port(port, head)
-    worker = RayNode("--address", f"127.0.0.1:{port}", "--dashboard-agent-listen-port", str(free_port()),
-                     log=tmp_path / "worker.log")
-    time.sleep(5)    # the second raylet registers with the head
-    try:
+    with two_nodes(tmp_path_factory.mktemp("cluster"), "--include-dashboard=false") as (port, _, worker):
         yield f"127.0.0.1:{port}", worker
-    finally:
-        worker.stop()
-        head.stop()
-        kill_processes_mentioning(temp)
 
 
 def node_ids(folder: Path) -> set[str]:

@@ -19,6 +19,7 @@ from tuner.limits import check_flags
 from tuner.pretrained import resolve_pretrained
 from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_settings
 from tuner.spaces import Space, load_space, parse_override
+from tuner.stopping import GracefulStop
 from tuner.timing import Timings
 from tuner.tracking import Tracking
 
@@ -148,6 +149,19 @@ def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
         return search_and_conclude(args, space, opts, data, data_dir, timings)
 
 
+def stopped(tracking: Tracking, opts: SearchOptions, started_here: bool) -> int:
+    """A search stopped by a signal (Ctrl-C, SIGTERM, Ray Jobs' stop): Tune saved its state; its MLflow runs
+    that were running are closed as KILLED, and nothing is concluded."""
+    from tuner.cluster import stop_ray_beside
+    from tuner.tracking import TrialRuns, close_interrupted_runs
+
+    ray_stopping = stop_ray_beside(started_here)
+    close_interrupted_runs(TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs, tracking.parent_run_id)
+    ray_stopping.join()
+    print(f"stopped: search {opts.name} is saved; continue it with --resume --name {opts.name}", file=sys.stderr)
+    return 130
+
+
 def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData, data_dir: Path,
                         timings: Timings) -> int:
     from tuner.cluster import check_multi_node, connect_ray, ray_is_up, stop_ray_beside, trial_resources
@@ -164,15 +178,18 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
     with timings.phase("Ray start"):
         ray_was_up = ray_is_up()
         cluster = connect_ray(args.address)
-    with timings.phase("setup"):
-        opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, cluster)
-        opts.full_output = args.verbose
-        check_multi_node(opts.storage_path, uri)
-        eff = effective_space(space, opts)
-        tracking = start_tracking(args, uri, client, eff, opts, split_inputs(data, data_dir))
-        opts.callbacks = [tracking.trial_runs]
-    with timings.phase("search"):
-        results = make_tuner(args, space, data, opts).fit()
+    with GracefulStop() as stop:                            # after ray.init, which sets its own SIGTERM
+        with timings.phase("setup"):
+            opts.cpus_per_trial, opts.gpus_per_trial = trial_resources(args, space, cluster)
+            opts.full_output = args.verbose
+            check_multi_node(opts.storage_path, uri)
+            eff = effective_space(space, opts)
+            tracking = start_tracking(args, uri, client, eff, opts, split_inputs(data, data_dir))
+            opts.callbacks = [tracking.trial_runs]
+        with timings.phase("search"), stop.searching():
+            results = make_tuner(args, space, data, opts).fit()
+        if stop.requested:
+            return stopped(tracking, opts, started_here=not ray_was_up)
     ray_stopping = stop_ray_beside(started_here=not ray_was_up)   # the rest needs no Ray
     tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
     with timings.phase("conclusion"):

@@ -24,7 +24,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 from tuner.cli import Help, exit_code, skip_final_collection  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.splitlines()[0],
                                 formatter_class=Help)
     p.add_argument("--space", default="quickstart", help="a shipped space name (see --list) or a path to a .yaml file")
@@ -50,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="log and register the K best trials' models in MLflow (the best is aliased champion)")
     p.add_argument("--address", help="Ray cluster to run on: auto, host:port or ray://host:port (default: a "
                                      "local Ray started for this search)")
+    p.add_argument("--submit", metavar="ADDRESS",
+                   help="submit the search to a Ray cluster's job server (http://HOST:8265) as a Ray Job that runs "
+                        "there without this machine: --storage-path, --data-dir and a tracking server are the "
+                        "cluster's; follow it with python -m tuner.jobs")
     p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the searcher and every trial")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a setting on top of the space, e.g. --set lr=0.001 (repeatable)")
@@ -60,11 +64,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                         "(2 trials, 1 epoch, 1,024 training images)")
     p.add_argument("--verbose", action="store_true", help="Ray's status table of every trial instead of the "
                                                           "progress line, and every library's notices")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)   # as typed: recorded beside a submitted search
     skip_final_collection()
     return exit_code(lambda: list_or_search(args), "interrupted: continue with --resume --name <the search's name>")
 
@@ -76,6 +85,10 @@ def list_or_search(args: argparse.Namespace) -> int:
         for name, desc in list_spaces():
             print(f"{name:24} {desc}")
         return 0
+    if args.submit:
+        from tuner.submit import submit_search
+
+        return submit_search(args)
     from tuner.driver import run_search
 
     return run_search(args)

@@ -329,6 +329,20 @@ def close_lost_runs(tracking: Tracking, known_trial_ids: set[str]) -> None:
             safe.call(f"lost trial {trial_id}", "set_terminated", run_id, status="KILLED")
 
 
+def close_interrupted_runs(trial_runs: TrialRuns, parent_run_id: str) -> None:
+    """A search stopped before its end: the runs of its trials that were running, and its own run, are
+    closed as KILLED (``--resume`` adopts and reopens them)."""
+    safe = trial_runs.mlflow
+    running = safe.call("running trial runs", "search_runs", [trial_runs.experiment_id],
+                        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+                        max_results=10000)
+    for run in [] if running is FAILED else running:
+        safe.call("stopped trial", "set_tag", run.info.run_id, "tuner.end_reason",
+                  "stopped with the search: --resume continues it")
+        safe.call("stopped trial", "set_terminated", run.info.run_id, status="KILLED")
+    safe.call("stopped search", "set_terminated", parent_run_id, status="KILLED")
+
+
 def log_test_score(tracking: Tracking, trial_id: str, test: dict, rank: int) -> None:
     """The test score beside the trial's own metrics."""
     safe = tracking.trial_runs.mlflow
