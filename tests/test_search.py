@@ -158,3 +158,23 @@ def test_a_spaces_searcher_section_sets_the_sampler_and_the_scheduler(tmp_path):
     default = load_space("quickstart").searcher       # a space without the section: the measured defaults
     assert (default.multivariate, default.constant_liar, default.stopped) == (True, True, "pruned")
     assert default.startup(40) == 10 and default.startup(8) == 3
+
+
+@pytest.mark.parametrize("stopped, state", [("pruned", "PRUNED"), ("value", "COMPLETE")])
+def test_a_network_that_could_not_be_built_ranks_below_every_trial_that_trained(stopped, state):
+    from optuna.samplers._tpe.sampler import _split_trials
+    from ray import tune
+
+    from tuner.search import FidelityAwareOptuna
+
+    searcher = FidelityAwareOptuna(metric="val_accuracy", mode="max", max_epochs=6, stopped=stopped)
+    searcher.set_search_properties("val_accuracy", "max", {"lr": tune.loguniform(1e-4, 1e-1)})
+    searcher.suggest("trained")
+    searcher.on_trial_result("trained", {"val_accuracy": 0.7, "epoch": 1})
+    searcher.on_trial_complete("trained", {"val_accuracy": 0.7, "epoch": 1})       # stopped by ASHA
+    searcher.suggest("unbuildable")
+    searcher.on_trial_complete("unbuildable", {"val_accuracy": 0.0, "epoch": 0, "end_reason": "invalid architecture: x"})
+    study = searcher._ot_study
+    assert study.trials[1].state.name == state
+    below, above = _split_trials(study, study.trials, 1)      # TPE's good and bad groups
+    assert [t.number for t in below] == [0] and [t.number for t in above] == [1]

@@ -79,7 +79,10 @@ class FidelityAwareOptuna(OptunaSearch):
     at epoch 2 competes, on its epoch-2 score, with trials trained to the end. Here a trial stopped before
     ``max_epochs`` without an end of its own is PRUNED (TPE ranks pruned trials below complete ones, by how
     far they got and then by their last score: the per-epoch scores are reported to Optuna as they come),
-    and a complete trial's value is its best epoch's, which is what the leaderboard ranks by.
+    and a complete trial's value is its best epoch's, which is what the leaderboard ranks by. A trial whose
+    network could not be built is PRUNED with no epoch, below every trial that trained. With the space's
+    ``searcher.stopped: value`` instead, both are COMPLETE: a stopped trial with its best score so far, an
+    unbuildable one with the worst score.
 
     With several ``objectives`` (metric, mode) the study is multi-objective (Optuna's TPE samples for the
     Pareto front). Optuna takes no intermediate values for such studies and cannot rank their pruned trials
@@ -139,7 +142,10 @@ class FidelityAwareOptuna(OptunaSearch):
         if self.multi_objective:
             return self._complete_multi(trial_id, result)
         stopped_early = not result.get("end_reason") and 0 < result.get("epoch", 0) < self._max_epochs
-        if stopped_early and self._stopped == "pruned":
+        if self._stopped == "pruned" and (stopped_early or untrained(result)):
+            # Optuna's TPE ranks every COMPLETE trial above every PRUNED one: a network that could not be
+            # built, told as complete with the worst score, would count as better than any trial ASHA
+            # stopped. Pruned without an epoch, it ranks below them all.
             self._tell_pruned(trial_id)
             return None
         best = self._best.get(trial_id, result.get(self.metric))
@@ -156,6 +162,11 @@ class FidelityAwareOptuna(OptunaSearch):
         if any(v is None or v != v for v in values.values()):   # no network: no size, no latency (NaN)
             return self._tell_pruned(trial_id)
         return super().on_trial_complete(trial_id, {**result, **values}, False)
+
+
+def untrained(result: dict) -> bool:
+    """A trial that ended before its first epoch (its network could not be built)."""
+    return bool(result.get("end_reason")) and not result.get("epoch")
 
 
 def make_searcher(space: Space, opts: SearchOptions):
