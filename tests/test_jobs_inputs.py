@@ -125,13 +125,16 @@ def test_the_job_runs_the_search_with_the_flags_given_and_records_it(fake, capsy
     assert meta["tuner.search"] == "s1" and meta["tuner.tracking_uri"] == "http://***@mlflow:5000"
     assert "secret" not in json.dumps(meta) and meta["tuner.metric"] == "val_accuracy"
     assert search["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == str(submit.STOP_WAIT_SECONDS)
-    assert check["runtime_env"] == search["runtime_env"]
+    # every job its own working directory: Ray deletes a shared one when the first job using it ends
+    assert check["runtime_env"]["env_vars"] == search["runtime_env"]["env_vars"]
+    assert check["runtime_env"]["working_dir"] != search["runtime_env"]["working_dir"]
 
 
 def test_the_working_dir_holds_the_space_and_this_checkout(tmp_path):
-    with submit.runtime_env("mine.yaml", "a: 1\n") as env:
+    with submit.runtime_env("mine.yaml", "a: 1\n", "s1-r1") as env:
         folder = env["working_dir"]
         assert open(os.path.join(folder, "job_space", "mine.yaml")).read() == "a: 1\n"
+        assert open(os.path.join(folder, "job_space", "job_id")).read() == "s1-r1"   # its own package hash
         assert os.path.isfile(os.path.join(folder, "tuner", "run.py"))
         assert not any("__pycache__" in d for d, _, _ in os.walk(folder))
     assert not os.path.exists(folder)

@@ -156,7 +156,7 @@ def resume_search(client, name: str) -> int:
     command = shlex.join(argv if "--resume" in argv else [*argv, "--resume"])
     submission_id = next_submission_id(search_jobs(client, name), name)
     meta = job.metadata
-    with runtime_env(meta["tuner.space_file"], meta["tuner.space_yaml"]) as env:
+    with runtime_env(meta["tuner.space_file"], meta["tuner.space_yaml"], submission_id) as env:
         client.submit_job(entrypoint=command, submission_id=submission_id, runtime_env=env, metadata=meta)
     print(f"resumed search {name} as Ray job {submission_id} (its job {job.submission_id} was {status}); "
           f"follow it: python -m tuner.jobs logs {name} --follow")

@@ -106,9 +106,14 @@ def source_root() -> Path | None:
 
 
 @contextlib.contextmanager
-def runtime_env(space_file: str, space_text: str):
-    """Ray's runtime environment for a job of this search: a temporary working directory (the space file,
-    and this checkout's packages), and the stop grace Ray Jobs reads from the job's environment."""
+def runtime_env(space_file: str, space_text: str, job_id: str):
+    """Ray's runtime environment for the job ``job_id``: a temporary working directory (the space file,
+    and this checkout's packages), and the stop grace Ray Jobs reads from the job's environment.
+
+    Ray names a working directory by a hash of its files and deletes it on the cluster once the jobs it
+    counts as using it have ended; two jobs with the same files (a check and its search, a killed search
+    and its resume) would share one folder, deleted under the second. The job's id in a file of its own
+    gives every job its own folder."""
     with tempfile.TemporaryDirectory(prefix="tuner-job-") as folder:
         root = source_root()
         for package in PACKAGES if root else ():
@@ -116,6 +121,7 @@ def runtime_env(space_file: str, space_text: str):
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (Path(folder) / SPACE_FOLDER).mkdir()
         (Path(folder) / SPACE_FOLDER / space_file).write_text(space_text)
+        (Path(folder) / SPACE_FOLDER / "job_id").write_text(job_id)
         yield {"working_dir": folder,
                "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_SECONDS), "PYTHONUNBUFFERED": "1"}}
 
@@ -140,12 +146,13 @@ def wait_for_end(client, job_id: str, timeout: float) -> str | None:
     return None
 
 
-def check_on_cluster(client, env: dict, storage: str, uri: str, name: str) -> None:
+def check_on_cluster(client, space_file: str, space_text: str, storage: str, uri: str, name: str) -> None:
     """The check job (``python -m tuner.jobs check``): its error line is this command's."""
-    job_id = client.submit_job(entrypoint=shlex.join(["python", "-m", "tuner.jobs", "check", "--storage-path", storage,
-                                                      "--tracking-uri", uri]),
-                               submission_id=f"{name}-check-{uuid.uuid4().hex[:6]}", runtime_env=env,
-                               metadata={"tuner.check": name})
+    job_id = f"{name}-check-{uuid.uuid4().hex[:6]}"
+    with runtime_env(space_file, space_text, job_id) as env:
+        client.submit_job(entrypoint=shlex.join(["python", "-m", "tuner.jobs", "check", "--storage-path", storage,
+                                                 "--tracking-uri", uri]),
+                          submission_id=job_id, runtime_env=env, metadata={"tuner.check": name})
     try:
         status = wait_for_end(client, job_id, CHECK_SECONDS)
         if status is None:
@@ -174,8 +181,8 @@ def submit_search(args: argparse.Namespace) -> int:
         raise UserError(f"a search named {name} was submitted to this cluster already; continue it with "
                         f"python -m tuner.jobs resume {name}, or choose another --name")
     text = space.path.read_text()
-    with runtime_env(space.path.name, text) as env:
-        check_on_cluster(client, env, args.storage_path, uri, name)
+    check_on_cluster(client, space.path.name, text, args.storage_path, uri, name)
+    with runtime_env(space.path.name, text, name) as env:
         client.submit_job(entrypoint=entrypoint(space.path.name, name, entry_flags(args)), submission_id=name,
                           runtime_env=env, metadata=metadata(name, space, text, args, uri))
     where = f" --address {args.submit}"
