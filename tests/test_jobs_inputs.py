@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -172,3 +173,16 @@ def test_a_signal_while_searching_is_tunes_graceful_stop_and_a_second_one_stops_
         signal.signal(signal.SIGUSR1, old)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+
+def test_a_job_driver_leaves_rays_working_dir_with_its_space(tmp_path, monkeypatch):
+    from tuner.run import leave_ray_working_dir, parse_args
+
+    ray_dir = tmp_path / "_ray_pkg_x"
+    (ray_dir / "job_space").mkdir(parents=True)
+    (ray_dir / "job_space" / "mine.yaml").write_text("a: 1\n")
+    monkeypatch.chdir(ray_dir)
+    args = parse_args(["--space", "job_space/mine.yaml"])
+    leave_ray_working_dir(args)
+    shutil.rmtree(ray_dir)               # what Ray does when it unpacks the directory again
+    assert os.getcwd() != str(ray_dir) and open(args.space).read() == "a: 1\n"

@@ -71,8 +71,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def leave_ray_working_dir(args: argparse.Namespace) -> None:
+    """A search submitted as a Ray Job (``--submit``) starts in the job's working directory, which Ray
+    deletes and unpacks anew whenever a worker on this node needs it again (its working_dir plugin
+    overwrites): the driver's own current directory would vanish under it, and with it every relative path.
+    The driver moves to a folder of its own and takes the space file along; the packages stay importable
+    (``sys.path`` holds the directory's absolute path, which Ray unpacks again)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="tuner-job-driver-"))
+    if Path(args.space).is_file():
+        args.space = shutil.copy(args.space, folder / Path(args.space).name)
+    os.chdir(folder)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if os.environ.get("TUNER_JOB_DRIVER") == "1":     # set by --submit in the job's environment
+        leave_ray_working_dir(args)
     args.argv = sys.argv[1:] if argv is None else list(argv)   # as typed: recorded beside a submitted search
     skip_final_collection()
     return exit_code(lambda: list_or_search(args), "interrupted: continue with --resume --name <the search's name>")

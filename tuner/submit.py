@@ -110,10 +110,10 @@ def runtime_env(space_file: str, space_text: str, job_id: str):
     """Ray's runtime environment for the job ``job_id``: a temporary working directory (the space file,
     and this checkout's packages), and the stop grace Ray Jobs reads from the job's environment.
 
-    Ray names a working directory by a hash of its files and deletes it on the cluster once the jobs it
-    counts as using it have ended; two jobs with the same files (a check and its search, a killed search
-    and its resume) would share one folder, deleted under the second. The job's id in a file of its own
-    gives every job its own folder."""
+    Ray names a working directory by a hash of its files and unpacks it anew, deleting what is there,
+    whenever a node sets it up again; two jobs with the same files (a check and its search, a killed search
+    and its resume) would share one folder and unpack it under each other. The job's id in a file of its
+    own gives every job its own folder (and the driver leaves it: ``tuner.run.leave_ray_working_dir``)."""
     with tempfile.TemporaryDirectory(prefix="tuner-job-") as folder:
         root = source_root()
         for package in PACKAGES if root else ():
@@ -123,7 +123,8 @@ def runtime_env(space_file: str, space_text: str, job_id: str):
         (Path(folder) / SPACE_FOLDER / space_file).write_text(space_text)
         (Path(folder) / SPACE_FOLDER / "job_id").write_text(job_id)
         yield {"working_dir": folder,
-               "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_SECONDS), "PYTHONUNBUFFERED": "1"}}
+               "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_SECONDS), "PYTHONUNBUFFERED": "1",
+                            "TUNER_JOB_DRIVER": "1"}}
 
 
 def metadata(name: str, space, space_text: str, args: argparse.Namespace, uri: str) -> dict[str, str]:
