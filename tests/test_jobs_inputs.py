@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -177,6 +178,7 @@ def test_a_signal_while_searching_is_tunes_graceful_stop_and_a_second_one_stops_
 
 def test_a_job_driver_leaves_rays_working_dir_with_its_space(tmp_path, monkeypatch):
     from tuner.run import leave_ray_working_dir, parse_args
+    from tuner.spaces import find_space
 
     ray_dir = tmp_path / "_ray_pkg_x"
     (ray_dir / "job_space").mkdir(parents=True)
@@ -186,3 +188,4 @@ def test_a_job_driver_leaves_rays_working_dir_with_its_space(tmp_path, monkeypat
     leave_ray_working_dir(args)
     shutil.rmtree(ray_dir)               # what Ray does when it unpacks the directory again
     assert os.getcwd() != str(ray_dir) and open(args.space).read() == "a: 1\n"
+    assert find_space(args.space) == Path(os.getcwd()) / "mine.yaml"     # tuner.run finds it by that text

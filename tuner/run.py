@@ -83,7 +83,7 @@ def leave_ray_working_dir(args: argparse.Namespace) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="tuner-job-driver-"))
     if Path(args.space).is_file():
-        args.space = shutil.copy(args.space, folder / Path(args.space).name)
+        args.space = str(shutil.copy(args.space, folder / Path(args.space).name))
     os.chdir(folder)
 
 
