@@ -80,7 +80,7 @@ def search_run(uri: str, name: str):
     return MlflowClient(uri).get_run(run_id)
 
 
-def resume_to_the_end(cluster, name: str) -> None:
+def resume_to_the_end(cluster, name: str, lost_allowed: bool = False) -> None:
     """Resume, run to success, and find every trial exactly once, finished, in MLflow."""
     address, uri, _ = cluster
     done = tuner("tuner.jobs", "resume", name, "--address", address)
@@ -92,8 +92,12 @@ def resume_to_the_end(cluster, name: str) -> None:
     assert status_of(address, name) == "SUCCEEDED", logs[-3000:]
     runs = [r for r in child_runs(uri, "quickstart") if r.data.tags.get("mlflow.parentRunId") in parents(uri, name)]
     counts = Counter(r.data.tags["tuner.trial_id"] for r in runs)
-    assert len(counts) == SAMPLES and max(counts.values()) == 1
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert max(counts.values()) == 1                                  # no trial twice
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == SAMPLES
+    # A killed driver's last snapshot may miss trials it had just started; the resumed search closes their
+    # runs KILLED and runs others in their place. A stopped search saved every trial.
+    assert len(runs) == SAMPLES or (lost_allowed and {r.info.status for r in runs} == {"FINISHED", "KILLED"})
     assert search_run(uri, name).info.status == "FINISHED"
 
 
@@ -127,4 +131,4 @@ def test_a_search_whose_driver_is_killed_on_the_cluster_resumes(cluster):
                          env={**os.environ, **AUTH}).stdout.strip()
     os.kill(int(pid), signal.SIGKILL)
     assert wait_until(lambda: status_of(address, "j2") == "FAILED", 60, every=2)
-    resume_to_the_end(cluster, "j2")
+    resume_to_the_end(cluster, "j2", lost_allowed=True)
