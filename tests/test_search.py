@@ -142,7 +142,7 @@ def test_tpe_told_asha_stops_as_values_completes_them_with_their_best_epoch():
 def test_a_spaces_searcher_section_sets_the_sampler_and_the_scheduler(tmp_path):
     from tuner.search import SearchOptions, effective_space, make_scheduler, make_searcher, search_settings
 
-    text = (Path(find_space("quickstart")).read_text() + "searcher: {multivariate: false, constant_liar: false, "
+    text = (Path(find_space("quickstart")).read_text() + "searcher: {multivariate: true, constant_liar: true, "
             "startup_trials: 4, stopped: value}\n").replace("scheduler: {", "scheduler: {brackets: 2, ")
     path = tmp_path / "mine.yaml"
     path.write_text(text)
@@ -151,12 +151,14 @@ def test_a_spaces_searcher_section_sets_the_sampler_and_the_scheduler(tmp_path):
     eff = effective_space(space, opts)
     searcher = make_searcher(eff, opts)
     sampler = searcher._sampler
-    assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (False, False, 4)
+    assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (True, True, 4)
     assert searcher._stopped == "value" and len(make_scheduler(eff)._brackets) == 2
     settings = search_settings(eff, opts)
-    assert (settings["startup_trials"], settings["brackets"], settings["multivariate"]) == (4, 2, False)
+    assert (settings["startup_trials"], settings["brackets"], settings["multivariate"]) == (4, 2, True)
     default = load_space("quickstart").searcher       # a space without the section: the measured defaults
-    assert (default.multivariate, default.constant_liar, default.stopped) == (True, True, "pruned")
+    assert (default.multivariate, default.constant_liar, default.stopped) == (False, False, "pruned")
+    sampler = make_searcher(effective_space(load_space("quickstart"), opts), opts)._sampler
+    assert (sampler._multivariate, sampler._constant_liar) == (False, False)   # set, not Optuna's own default
     assert default.startup(40) == 10 and default.startup(8) == 3
 
 

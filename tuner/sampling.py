@@ -1,7 +1,7 @@
 """How Optuna's TPE picks the next trial: a space's ``searcher:`` section and the sampler built from it.
 
-The defaults are what measured best (BENCHMARKS.md, section 2, on report 003's MNIST space and on a space
-where most of the volume is bad); every other value is an option a space can set.
+The defaults are the TPE settings that measured best (BENCHMARKS.md, section 2, on report 003's MNIST space
+and on a space where most of the volume is bad); every other value is an option a space can set.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ SEARCHER_KEYS = ("multivariate", "constant_liar", "startup_trials", "stopped")
 
 @dataclass(frozen=True)
 class SearcherSettings:
-    # One joint density over all settings instead of one per setting: TPE then sees interactions (a deep
-    # stack with a large stride leaves no map; a learning rate that suits one depth ruins another).
-    multivariate: bool = True
-    # Trials still running count as bad results while the next one is sampled, so trials started together
-    # do not all land on the same promising spot.
-    constant_liar: bool = True
+    # True: one joint density over all settings instead of one per setting, which could model interactions
+    # (a deep stack with a large stride leaves no map). Optuna 5's default, but with the tens of trials a
+    # search has, per-setting densities found better settings on both benchmark spaces.
+    multivariate: bool = False
+    # True: trials still running count as bad results while the next one is sampled, so trials started
+    # together spread out. Measured together with multivariate (Optuna 5 turns both on): off is better.
+    constant_liar: bool = False
     # Random trials before TPE models the results; None: a quarter of num_samples, 3 to 10.
     startup_trials: int | None = None
     # "pruned": a trial ASHA stopped ranks below every trial that ran to the end (by how far it got, then
