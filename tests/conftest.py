@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,14 @@ def quickstart(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quickstart")
     code = main(search_args(tmp, "--space", "quickstart", "--name", "qs"))
     return code, tmp, pd.read_csv(tmp / "ray_results" / "qs" / "leaderboard.csv")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(page: Path, shot: Path, height: int) -> Path:
+    """A 1280-wide screenshot of the local HTML ``page`` by headless Chromium (tests skip without it)."""
+    subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", f"--window-size=1280,{height}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    return shot

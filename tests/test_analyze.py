@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +19,7 @@ from PIL import Image
 
 from models import build_model
 from models.convnet import ConvNetConfig
-from tests.conftest import search_args
+from tests.conftest import CHROMIUM, screenshot, search_args
 from tests.test_search_report import SEARCH_FILES, SEARCH_SECTIONS
 from tuner.analysis.layers import forward, probe_layers, weighted_layers
 from tuner.analysis.robustness import apply, transforms
@@ -161,14 +159,9 @@ def test_the_report_is_on_the_best_trials_run(report):
 
 
 @slow
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium")
+@pytest.mark.skipif(not CHROMIUM, reason="no chromium")
 def test_the_html_renders_in_headless_chromium(report, tmp_path):
-    shot = tmp_path / "report.png"
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={shot}", "--window-size=1280,2400", (report.out / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    with Image.open(shot) as image:
+    with Image.open(screenshot(report.out / "report.html", tmp_path / "report.png", 2400)) as image:
         assert image.size == (1280, 2400)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert len(colours) > 100          # text, tables and figures, not a blank or error page

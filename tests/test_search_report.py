@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from models import build_model
+from tests.conftest import CHROMIUM, screenshot
 from tuner.analysis.importance import METHODS, MIN_TRIALS
 from tuner.analyze import main
 
@@ -168,14 +167,9 @@ def test_the_html_holds_the_search_sections_with_figures_inline(section):
 
 
 @slow
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium")
+@pytest.mark.skipif(not CHROMIUM, reason="no chromium")
 def test_the_search_part_renders_in_headless_chromium(section, tmp_path):
-    shot = tmp_path / "search.png"
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={shot}", "--window-size=1280,3000", (section.out / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    with Image.open(shot) as image:
+    with Image.open(screenshot(section.out / "report.html", tmp_path / "search.png", 3000)) as image:
         assert image.size == (1280, 3000)
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 100   # figures and tables, not a blank page
 
