@@ -107,7 +107,8 @@ def compiled_rates(args, shape, classes, device, cfg, data, gen) -> dict:
 
 
 def measure(args) -> dict:
-    device = torch.device(args.device) if args.device != "auto" else pick_device()
+    auto = pick_device()                         # also sets a trial's CPU math (denormals flushed)
+    device = auto if args.device == "auto" else torch.device(args.device)
     torch.set_num_threads(args.threads)
     part = load_part(args.dataset, resolve_data_dir(args.data_dir), "train")
     images, labels = part.images[:args.images], part.labels[:args.images]
