@@ -161,7 +161,7 @@ def test_a_server_that_is_not_mlflow_is_one_line(tmp_path):
 def test_a_server_that_goes_away_does_not_kill_the_search(tmp_path):
     srv = MlflowServer(tmp_path).wait()
     cmd = [sys.executable, "-m", "tuner.run", "--space", "quickstart", "--name", "gone", "--storage-path",
-           str(tmp_path / "rr"), "--tracking-uri", srv.uri, "--num-samples", "8", "--max-epochs", "20"]
+           str(tmp_path / "rr"), "--tracking-uri", srv.uri, "--num-samples", "6", "--max-epochs", "12"]
     search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         client = MlflowClient(srv.uri, registry_uri=srv.uri)
@@ -180,5 +180,5 @@ def test_a_server_that_goes_away_does_not_kill_the_search(tmp_path):
         search.kill()
         srv.stop()
     assert search.returncode == 0, out[-3000:]
-    assert "not in MLflow:" in out and "Leaderboard: quickstart (8 trials" in out
-    assert pd.read_csv(tmp_path / "rr" / "gone" / "leaderboard.csv").shape[0] == 8
+    assert "not in MLflow:" in out and "Leaderboard: quickstart (6 trials" in out
+    assert pd.read_csv(tmp_path / "rr" / "gone" / "leaderboard.csv").shape[0] == 6

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from tests.processes import Search, child_runs, wait_until
 
 pytestmark = pytest.mark.slow
-SAMPLES = 12
+SAMPLES = 8
 
 
 def newest(folder, pattern: str):

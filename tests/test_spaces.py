@@ -184,3 +184,34 @@ def test_objectives_name_the_metric_and_default_each_mode(tmp_path):
     shipped = load_space("cifar_params_front")
     assert shipped.objectives == [("val_accuracy", "max"), ("params", "min")]
     assert not load_space("quickstart").multi_objective and load_space("quickstart").objectives == []
+
+
+def within(kind: str, args: list, value) -> bool:
+    """Whether ``value`` is one the space's distribution ``kind`` over ``args`` can give."""
+    return value in args if kind == "choice" else args[0] <= value <= args[1]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_spaces_searcher_draws_its_start_points_then_settings_within_the_space(name, tmp_path):
+    """What a search asks of the searcher, without Ray: TPE, as the search builds it, takes the space and
+    suggests the space's start points first, then seeded draws within every distribution."""
+    from tuner.search import SearchOptions, effective_space, make_searcher
+
+    space = load_space(name)
+    opts = SearchOptions(name="s", storage_path=str(tmp_path), num_samples=6, max_epochs=space.max_epochs,
+                         cpus_per_trial=1, gpus_per_trial=0)
+    space = effective_space(space, opts)
+
+    def draws():
+        searcher = make_searcher(space, opts)
+        assert searcher.set_search_properties(space.metric, space.mode, space.param_space())
+        return [searcher.suggest(f"t{i}") for i in range(opts.num_samples)]
+
+    configs = draws()
+    assert configs == draws()                                            # seeded: the same trials again
+    for point, config in zip(space.start, configs):
+        assert {k: config[k] for k in point} == point
+    for config in configs:
+        assert set(config) == set(space.search)          # Ray adds the fixed settings to what TPE draws
+        assert all(within(kind, args, config[key]) for key, (kind, args) in space.search.items()), config
+    assert len({tuple(sorted(map(str, c.items()))) for c in configs}) > 1   # draws, not one point repeated
