@@ -180,3 +180,26 @@ def test_a_network_that_could_not_be_built_ranks_below_every_trial_that_trained(
     assert study.trials[1].state.name == state
     below, above = _split_trials(study, study.trials, 1)      # TPE's good and bad groups
     assert [t.number for t in below] == [0] and [t.number for t in above] == [1]
+
+
+def test_a_trial_is_listed_by_its_own_folder_and_never_with_another_trials_result(tmp_path):
+    """After a node was lost, Ray gave a trial whose reused actor died with the node the last result of that
+    actor's previous trial (seen on the two-node cluster test): the trial is listed once, as its own."""
+    from types import SimpleNamespace
+
+    from tuner.summary import leaderboard
+
+    space = load_space("quickstart")
+    config = {k: 1 for k in space.search}
+    epochs = [{"epoch": e, "val_accuracy": acc} for e, acc in ((1, 0.5), (2, 0.7))]
+    done = {"trial_id": "aaaa1111", "epoch": 2, "val_accuracy": 0.7, "end_reason": "completed", "epochs": epochs}
+    results = [SimpleNamespace(path=str(tmp_path / "trial_aaaa1111"), metrics=done, config=config, error=None,
+                               metrics_dataframe=pd.DataFrame([{"epochs": epochs}])),
+               SimpleNamespace(path=str(tmp_path / "trial_bbbb2222"), metrics=done, config=config,
+                               error=RuntimeError("The actor 7255 is unavailable"), metrics_dataframe=None)]
+    board = leaderboard(results, space).set_index("trial_id")
+    assert sorted(board.index) == ["aaaa1111", "bbbb2222"]
+    assert board.loc["aaaa1111", "best_val_accuracy"] == 0.7 and board.loc["aaaa1111", "epochs"] == 2
+    lost = board.loc["bbbb2222"]
+    assert lost["epochs"] == 0 and pd.isna(lost["best_val_accuracy"])
+    assert lost["end_reason"] == "failed: The actor 7255 is unavailable"

@@ -40,7 +40,16 @@ def epoch_history(result) -> pd.DataFrame | None:
 
 
 def trial_id_of(result) -> str:
-    return (result.metrics or {}).get("trial_id") or str(result.path).rstrip("/").rsplit("_", 1)[-1]
+    """The trial's id, from its own folder (``trial_<id>``: tuner.search.trial_name)."""
+    name = str(result.path).rstrip("/").rsplit("/", 1)[-1]
+    return name.removeprefix("trial_") if name.startswith("trial_") else (result.metrics or {}).get("trial_id", name)
+
+
+def last_result(result) -> dict:
+    """The trial's last result, or nothing when Ray gives it another trial's: after a node was lost, a trial
+    whose reused actor died with the node was seen holding that actor's previous trial's last result."""
+    metrics = result.metrics or {}
+    return metrics if metrics.get("trial_id") in (None, trial_id_of(result)) else {}
 
 
 def leaderboard(results: ResultGrid, space: Space) -> pd.DataFrame:
@@ -51,7 +60,7 @@ def leaderboard(results: ResultGrid, space: Space) -> pd.DataFrame:
     costs = [*SHOWN_COSTS, *(m for m, _ in space.objectives[1:] if m not in SHOWN_COSTS)]
     rows = []
     for r in results:
-        last = r.metrics or {}
+        last = last_result(r)
         best, best_epoch = _best(epoch_history(r), metric, space.mode)
         row = {"trial_id": trial_id_of(r)}
         row.update({k: r.config.get(k) for k in space.search})
