@@ -77,9 +77,6 @@ def dataloader_epoch(model, opt, images, labels, cfg: TrainConfig, device, worke
     return len(labels) / (time.perf_counter() - start)
 
 
-KEPT = "tuner, denormal floats kept (as before 2026-12-02)"
-
-
 def tuner_trainer(model, opt, data, cfg: TrainConfig, gen) -> Trainer:
     return Trainer(model, opt, build_schedule(opt, cfg, -(-len(data.y_train) // cfg.batch_size)), data, cfg, gen)
 
@@ -122,11 +119,6 @@ def measure(args) -> dict:
                       *channel_stats(images))     # every image trains; the trial's own loading puts them on device
     data, gen = device_data(split, device), torch.Generator(device=device).manual_seed(0)
     trainer = tuner_trainer(*fresh(args, shape, classes, device, cfg), data, cfg, gen)
-    kept = None
-    if args.denormals:   # a twin trainer, same weights and order, with denormal floats kept (no flush)
-        kept = tuner_trainer(*fresh(args, shape, classes, device, cfg), data, cfg,
-                             torch.Generator(device=device).manual_seed(0))
-        rates[KEPT] = []
     for epoch in range(args.epochs + 1):        # epoch 0 warms both up (allocator, cuDNN autotuning, capture)
         model, opt = fresh(args, shape, classes, device, cfg)
         rate = dataloader_epoch(model, opt, images, labels, cfg, device, args.workers)
@@ -134,12 +126,6 @@ def measure(args) -> dict:
         if epoch:
             rates["DataLoader, per-item transforms"].append(rate)
             rates["tuner, device-resident tensors"].append(ours)
-        if kept is not None:
-            torch.set_flush_denormal(False)
-            rate = tuner_epoch(kept)
-            torch.set_flush_denormal(True)
-            if epoch:
-                rates[KEPT].append(rate)
     out = {"device": str(device), "rates": {k: statistics.median(v) for k, v in rates.items()}}
     if args.compile:
         out["compiled"] = compiled_rates(args, shape, classes, device, cfg, data, gen)
@@ -178,8 +164,6 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--compile", action="store_true", help="also time tuner's loop under torch.compile")
-    p.add_argument("--denormals", action="store_true",
-                   help="also time tuner's loop without flushing denormal floats to zero (CPU)")
     args = p.parse_args(argv)
     result = measure(args)
     print(table(result, args))
