@@ -107,8 +107,7 @@ def compiled_rates(args, shape, classes, device, cfg, data, gen) -> dict:
 
 
 def measure(args) -> dict:
-    auto = pick_device()                         # also sets a trial's CPU math (denormals flushed)
-    device = auto if args.device == "auto" else torch.device(args.device)
+    device = torch.device(args.device) if args.device != "auto" else pick_device()
     torch.set_num_threads(args.threads)
     part = load_part(args.dataset, resolve_data_dir(args.data_dir), "train")
     images, labels = part.images[:args.images], part.labels[:args.images]

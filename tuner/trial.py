@@ -59,10 +59,6 @@ def worst_value(metric: str, mode: str) -> float:
 
 
 def pick_device() -> torch.device:
-    # As a trial trains, some weights, gradients and Adam moments drift below float32's normal range, and x86
-    # arithmetic on such denormals is many times slower: flushed to zero, report003_mnist's CPU epochs ran
-    # about 25% faster (BENCHMARKS.md section 1). The values lost are under 1e-38; runs stay deterministic.
-    torch.set_flush_denormal(True)
     # Ray hides GPUs a trial was not given (CUDA_VISIBLE_DEVICES), so "visible" means "ours".
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True    # fixed batch shapes: let cuDNN pick its fastest kernels once
