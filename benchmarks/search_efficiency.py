@@ -66,6 +66,9 @@ METHODS = {
     "tpe-grace-2x": ("tpe", "asha", lambda s: dataclasses.replace(tpe()(s), grace_period=min(2 * s.grace_period,
                                                                                                s.max_epochs))),
     "tpe-factor-2": ("tpe", "asha", asha(reduction_factor=2)),
+    "tpe-independent-startup-15": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, startup_trials=15)),
+    "tpe-independent-factor-2": ("tpe", "asha", lambda s: dataclasses.replace(
+        tpe(multivariate=False, constant_liar=False)(s), reduction_factor=2)),
 }
 DEFAULT_METHODS = ["random", "asha-random", "tpe", "tpe-independent", "tpe-stopped-as-value", "tpe-startup-3"]
 
