@@ -48,8 +48,9 @@ def tpe(**settings):
     return lambda s: dataclasses.replace(s, searcher=chosen)
 
 
-def asha(**changes):
-    return lambda s: dataclasses.replace(tpe()(s), **changes)
+def asha(searcher: dict | None = None, **changes):
+    """TPE with these searcher settings (as ``tpe``) and these ASHA settings of the space."""
+    return lambda s: dataclasses.replace(tpe(**(searcher or {}))(s), **changes)
 
 
 # name -> (how trials are chosen, how they are stopped, the space's settings for it)
@@ -67,8 +68,8 @@ METHODS = {
                                                                                                s.max_epochs))),
     "tpe-factor-2": ("tpe", "asha", asha(reduction_factor=2)),
     "tpe-independent-startup-15": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, startup_trials=15)),
-    "tpe-independent-factor-2": ("tpe", "asha", lambda s: dataclasses.replace(
-        tpe(multivariate=False, constant_liar=False)(s), reduction_factor=2)),
+    "tpe-independent-factor-2": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
+                                                     reduction_factor=2)),
 }
 DEFAULT_METHODS = ["random", "asha-random", "tpe", "tpe-independent", "tpe-stopped-as-value", "tpe-startup-3"]
 

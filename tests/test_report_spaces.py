@@ -155,9 +155,8 @@ def test_transfer_from_the_champion_of_an_earlier_search(ray_session, data_dir, 
 # other modules: a torchvision backbone from a weights folder at its smallest input. Every other space's
 # path through Ray is the same as theirs; what differs per space is its trial (above, every space) and its
 # searcher's draws (tests/test_spaces.py, every space).
-@pytest.mark.parametrize("name", ["cifar_resnet_transfer"])
-def test_smoke_search_of_a_space_with_local_data(ray_session, data_dir, store, trained_weights, name):
-    space = load_space(name)
+def test_smoke_search_of_a_transfer_space_with_a_torchvision_backbone(ray_session, data_dir, store, trained_weights):
+    space = load_space("cifar_resnet_transfer")
     extra = [f"--set={k}={v}" for k, v in transfer_overrides(space, trained_weights).items()]
-    board = smoke(store, data_dir, name, *extra, label=f"smoke-all-{name}")
+    board = smoke(store, data_dir, space.name, *extra)
     assert len(board) == 2 and (board["end_reason"] == "completed").any()
