@@ -1,18 +1,20 @@
 """Search methods side by side on the same spaces with the same budget of trial-epochs, over several seeds:
 FIFO random search (every trial to max_epochs), ASHA with random search, and ASHA + Optuna's TPE with the
 space's searcher settings and with each alternative (independent TPE, no constant liar, ASHA-stopped
-trials told as values, fewer start-up trials, other grace periods, reduction factors and brackets). Per
-method: the best validation score (mean and sd over seeds), the trial-epochs it needs to reach random
-search's final best on each seed, and wall time.
+trials told as values, fewer start-up trials, other grace periods, reduction factors and brackets, Optuna's
+GP sampler, ASHA with a quorum at each rung). Per method: the best validation score (mean and sd over
+seeds), the trial-epochs it needs to reach random search's final best on each seed, and wall time.
 
     python benchmarks/search_efficiency.py                       # both spaces, six methods, seeds 0 1 2
     python benchmarks/search_efficiency.py --spaces mnist_filters_strides --methods tpe tpe-factor-2
+    python benchmarks/search_efficiency.py --budget 200 --methods tpe-independent-quorum --trace-dir traces
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -53,6 +55,9 @@ def asha(searcher: dict | None = None, **changes):
     return lambda s: dataclasses.replace(tpe(**(searcher or {}))(s), **changes)
 
 
+SCHEDULERS = {"fifo": lambda space: FIFOScheduler(), "asha": make_scheduler,
+              "quorum": lambda space: make_scheduler(dataclasses.replace(space, quorum=True))}
+
 # name -> (how trials are chosen, how they are stopped, the space's settings for it)
 METHODS = {
     "random": ("random", "fifo", None),
@@ -70,6 +75,13 @@ METHODS = {
     "tpe-independent-startup-15": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, startup_trials=15)),
     "tpe-independent-factor-2": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
                                                      reduction_factor=2)),
+    "tpe-independent-quorum": ("tpe", "quorum", tpe(multivariate=False, constant_liar=False)),
+    "asha-random-quorum": ("random", "quorum", None),
+    "tpe-independent-value": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, stopped="value")),
+    "tpe-independent-value-quorum": ("tpe", "quorum", tpe(multivariate=False, constant_liar=False, stopped="value")),
+    "gp": ("tpe", "asha", tpe(sampler="gp", stopped="value")),
+    "gp-pruned": ("tpe", "asha", tpe(sampler="gp")),
+    "gp-startup-3": ("tpe", "asha", tpe(sampler="gp", stopped="value", startup_trials=3)),
 }
 DEFAULT_METHODS = ["random", "asha-random", "tpe", "tpe-independent", "tpe-stopped-as-value", "tpe-startup-3"]
 
@@ -99,31 +111,40 @@ class Trace(tune.Callback):
 
     metric: str
     scores: list[float] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)      # the same, with the trial and its settings
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.scores += [float(epoch[self.metric]) for epoch in epochs_of(result)]
+        for epoch in epochs_of(result):
+            self.scores.append(float(epoch[self.metric]))
+            self.events.append({"trial": trial.trial_id, "epoch": epoch["epoch"], "score": self.scores[-1],
+                                "config": {k: v for k, v in trial.config.items() if k in self.searched}})
 
 
-def run_method(method: str, space: Space, data, seed: int, budget: int, storage: str) -> tuple[list[float], float]:
-    """One search; returns the best-so-far score after each trial-epoch, and its wall time (s)."""
+def run_method(method: str, space: Space, data, seed: int, budget: int, storage: str,
+               trace_file: Path | None = None) -> tuple[list[float], float]:
+    """One search; returns the best-so-far score after each trial-epoch, and its wall time (s). With
+    ``trace_file``, every trial-epoch (trial, epoch, score, settings) is written there as JSON."""
     choose, stop, change = METHODS[method]
     space = change(space) if change else space
     opts = SearchOptions(f"{method}-{seed}", storage, num_samples=budget, max_epochs=space.max_epochs,
                          cpus_per_trial=1, gpus_per_trial=0, seed=seed, verbose=0)
     space = effective_space(space, opts)
     # Enough trials to spend the budget: a FIFO trial runs max_epochs; an ASHA trial may stop at grace.
-    space.num_samples = math.ceil(budget / (space.grace_period if stop == "asha" else space.max_epochs))
+    space.num_samples = math.ceil(budget / (space.max_epochs if stop == "fifo" else space.grace_period))
     trace = Trace(space.metric)
+    trace.searched = set(space.search)
     search = make_searcher(space, opts) if choose == "tpe" else BasicVariantGenerator(random_state=seed)
     tuner = tune.Tuner(make_trainable(data, opts, space), param_space=space.param_space(),
                        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,
-                                                   scheduler=make_scheduler(space) if stop == "asha" else FIFOScheduler(),
+                                                   scheduler=SCHEDULERS[stop](space),
                                                    num_samples=space.num_samples, reuse_actors=True),
                        run_config=tune.RunConfig(name=opts.name, storage_path=storage, verbose=0,
                                                  stop=EpochBudget(budget), callbacks=[trace]))
     started = time.perf_counter()
     tuner.fit()
     wall = time.perf_counter() - started
+    if trace_file:
+        trace_file.write_text(json.dumps(trace.events[:budget], indent=0))
     best, curve = float("-inf"), []
     for score in trace.scores[:budget]:
         best = max(best, score)
@@ -194,7 +215,9 @@ def bench_space(name: str, args, storage: str) -> list[Row]:
         data.train_idx = limit_indices(data.train_idx, data.labels, args.train_images, seed)
         data.val_idx = limit_indices(data.val_idx, data.labels, args.val_images, seed)
         for method in args.methods:
-            curves[method][seed], walls[method][seed] = run_method(method, space, data, seed, args.budget, storage)
+            trace = Path(args.trace_dir) / f"{Path(name).stem}-{method}-{seed}.json" if args.trace_dir else None
+            curves[method][seed], walls[method][seed] = run_method(method, space, data, seed, args.budget,
+                                                                   storage, trace)
             print(f"  {Path(name).stem} seed {seed} {method}: best {curves[method][seed][-1]:.4f}, "
                   f"{walls[method][seed]:.0f} s", file=sys.stderr, flush=True)
     return summarise(curves, walls, args.budget)
@@ -213,6 +236,8 @@ def parse_args(argv):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a setting in every space, as tuner.run --set")
     p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
+    p.add_argument("--trace-dir", help="write every search's trial-epochs (trial, epoch, score, settings) here as "
+                                       "JSON, one file per space, method and seed (default: none)")
     args = p.parse_args(argv)
     args.methods = ["random"] + [m for m in args.methods if m != "random"]
     return args

@@ -54,6 +54,8 @@ SPACE_CASES = [
     ("searcher stopped", SPACE + "searcher: {stopped: ignored}\n", [], "searcher.stopped: 'ignored' is not allowed"),
     ("searcher liar", SPACE + "searcher: {constant_liar: 1}\n", [], "searcher.constant_liar: 1 is not allowed"),
     ("searcher key", SPACE + "searcher: {group: true}\n", [], "searcher.group: unknown key"),
+    ("searcher sampler", SPACE + "searcher: {sampler: cmaes}\n", [], "searcher.sampler: 'cmaes' is not allowed"),
+    ("scheduler quorum", SPACE.replace("{max_epochs: 1}", "{max_epochs: 1, quorum: 2}"), [], "scheduler.quorum: 2 is not allowed"),
     ("lr 0", lr_fixed("0"), [], "fixed.lr: 0 is out of range: lr must be > 0"),
     ("lr -0.1", lr_fixed("-0.1"), [], "lr must be > 0"),
     ("batch_size 1", with_fixed("batch_size: 1"), [], "batch_size must be >= 2"),

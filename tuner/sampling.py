@@ -1,4 +1,4 @@
-"""How Optuna's TPE picks the next trial: a space's ``searcher:`` section and the sampler built from it.
+"""How Optuna picks the next trial: a space's ``searcher:`` section and the sampler built from it.
 
 The defaults are the TPE settings that measured best (BENCHMARKS.md, section 2, on report 003's MNIST space
 and on a space where most of the volume is bad); every other value is an option a space can set.
@@ -10,12 +10,16 @@ from dataclasses import asdict, dataclass
 
 import optuna
 
-STOPPED = ("pruned", "value")   # how a trial ASHA stopped is told to TPE
-SEARCHER_KEYS = ("multivariate", "constant_liar", "startup_trials", "stopped")
+STOPPED = ("pruned", "value")   # how a trial ASHA stopped is told to the sampler
+SAMPLERS = ("tpe", "gp")         # Optuna's TPESampler, or its GPSampler (Gaussian-process Bayesian optimisation)
+SEARCHER_KEYS = ("sampler", "multivariate", "constant_liar", "startup_trials", "stopped")
 
 
 @dataclass(frozen=True)
 class SearcherSettings:
+    # "gp" fits a Gaussian process to the results instead of TPE's densities; it learns only from COMPLETE
+    # trials, so with ASHA it needs ``stopped: value``. multivariate and constant_liar are TPE's alone.
+    sampler: str = "tpe"
     # True: one joint density over all settings instead of one per setting, which could model interactions
     # (a deep stack with a large stride leaves no map). Optuna 5's default, but with the tens of trials a
     # search has, per-setting densities found better settings on both benchmark spaces.
@@ -55,11 +59,16 @@ def check_searcher(section: dict, fail, number, one_of) -> SearcherSettings:
         out["startup_trials"] = number("searcher.startup_trials", section["startup_trials"])
     if "stopped" in section:
         out["stopped"] = one_of("searcher.stopped", section["stopped"], STOPPED)
+    if "sampler" in section:
+        out["sampler"] = one_of("searcher.sampler", section["sampler"], SAMPLERS)
     return SearcherSettings(**out)
 
 
-def make_sampler(settings: SearcherSettings, seed: int, num_samples: int) -> optuna.samplers.TPESampler:
-    """Optuna's TPE with the space's settings. Every trial samples every setting (Ray passes the space as
-    one flat set of distributions), so TPE's ``group`` option would change nothing and is not offered."""
+def make_sampler(settings: SearcherSettings, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    """Optuna's TPE or GP with the space's settings. Every trial samples every setting (Ray passes the space
+    as one flat set of distributions), so TPE's ``group`` option would change nothing and is not offered."""
+    if settings.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=settings.startup(num_samples),
+                                         warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup(num_samples),
                                       multivariate=settings.multivariate, constant_liar=settings.constant_liar)

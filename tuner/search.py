@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
+from tuner.asha import QuorumASHA
 from tuner.sampling import make_sampler
 from tuner.spaces import Space
 from tuner.trial import Reporting, train_trial
@@ -183,7 +184,7 @@ def make_searcher(space: Space, opts: SearchOptions):
 
 def make_scheduler(space: Space) -> ASHAScheduler:
     # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
-    return ASHAScheduler(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
+    return (QuorumASHA if space.quorum else ASHAScheduler)(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
                          reduction_factor=space.reduction_factor, brackets=space.brackets)
 
 
@@ -287,6 +288,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
         "num_samples": space.num_samples, **searcher,
         "scheduler": "ASHAScheduler", "time_attr": "epoch", "max_t": space.max_epochs,
         "grace_period": space.grace_period, "reduction_factor": space.reduction_factor, "brackets": space.brackets,
+        "quorum": space.quorum,
         "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
         "max_concurrent": opts.max_concurrent or "auto", "max_failures": opts.max_failures,
         "storage_path": str(opts.storage_path), "fixed": space.fixed,

@@ -33,7 +33,7 @@ SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
             "num_samples", "resources", "reference", "start", "objectives", "searcher")
-SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets")
+SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets", "quorum")
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
@@ -69,6 +69,7 @@ class Space:
     grace_period: int = 1
     reduction_factor: int = 3
     brackets: int = 1                           # ASHA's brackets; more than one is Hyperband's hedge on grace
+    quorum: bool = False                        # ASHA promotes nobody until a rung has seen reduction_factor trials
     num_samples: int = 10
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     val_fraction: float = 0.1
@@ -266,7 +267,10 @@ def _check_scheduler(c: _Checker, raw: dict) -> dict:
     for k in sched:
         if k not in SCHEDULER_KEYS:
             c.fail(f"scheduler.{k}", f"unknown key; allowed: {', '.join(SCHEDULER_KEYS)}")
-    out = {k: c.in_range(f"scheduler.{k}", k, c.number(f"scheduler.{k}", v, int)) for k, v in sched.items()}
+    if not isinstance(sched.get("quorum", False), bool):
+        c.fail("scheduler.quorum", f"{sched['quorum']!r} is not allowed; use true or false")
+    out = {k: v if k == "quorum" else c.in_range(f"scheduler.{k}", k, c.number(f"scheduler.{k}", v, int))
+           for k, v in sched.items()}
     max_epochs, grace = out.get("max_epochs", 10), out.get("grace_period", 1)
     if max_epochs < 1 or grace < 1 or grace > max_epochs:
         c.fail("scheduler", f"need 1 <= grace_period ({grace}) <= max_epochs ({max_epochs})")
