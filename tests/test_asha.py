@@ -1,6 +1,7 @@
 """The quorum rule of tuner.asha beside Ray's ASHA: which trials go on past a rung."""
 
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler
@@ -43,7 +44,6 @@ def test_the_quorum_holds_at_every_rung_and_survives_pickling_as_a_restore_does(
 def test_a_space_turns_the_quorum_on_and_the_search_records_it(tmp_path):
     from tuner.search import SearchOptions, effective_space, make_scheduler, search_settings
     from tuner.spaces import find_space, load_space
-    from pathlib import Path
 
     path = tmp_path / "mine.yaml"
     path.write_text(Path(find_space("quickstart")).read_text().replace("scheduler: {", "scheduler: {quorum: true, "))

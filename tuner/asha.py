@@ -4,8 +4,8 @@ Ray Tune's ``ASHAScheduler`` lets a trial go on past a rung (an epoch milestone)
 the rung's ``1 - 1/reduction_factor`` percentile of the trials recorded there before it. The first trial to
 reach a rung has nothing to be compared with and always goes on, and the second goes on if it beats the
 first: early in a search, networks still at chance level are trained to the last epoch, each costing a
-full training. Measured on the space where most settings are bad (BENCHMARKS.md, section 2), the first
-trials at chance were a third of the first 60 trial-epochs. ASHA as published (Li et al., "A System for
+full training. On the space where most settings are bad (BENCHMARKS.md, section 2), three networks at
+chance level took 27 of a search's first 46 trial-epochs. ASHA as published (Li et al., "A System for
 Massively Parallel Hyperparameter Tuning", 2020) promotes the top ``floor(n / reduction_factor)`` of the
 ``n`` trials a rung has seen, so none until it has seen ``reduction_factor`` of them. Here a trial goes on
 only if at least ``reduction_factor - 1`` others were recorded at the rung before it, and it is in their

@@ -17,9 +17,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.asha import QuorumASHA
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
-from tuner.asha import QuorumASHA
 from tuner.sampling import make_sampler
 from tuner.spaces import Space
 from tuner.trial import Reporting, train_trial
@@ -184,8 +184,9 @@ def make_searcher(space: Space, opts: SearchOptions):
 
 def make_scheduler(space: Space) -> ASHAScheduler:
     # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
-    return (QuorumASHA if space.quorum else ASHAScheduler)(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                         reduction_factor=space.reduction_factor, brackets=space.brackets)
+    kind = QuorumASHA if space.quorum else ASHAScheduler
+    return kind(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
+                reduction_factor=space.reduction_factor, brackets=space.brackets)
 
 
 class SchedulerState(tune.Callback):
