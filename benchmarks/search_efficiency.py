@@ -80,8 +80,6 @@ METHODS = {
     "tpe-independent-value": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, stopped="value")),
     "tpe-independent-value-quorum": ("tpe", "quorum", tpe(multivariate=False, constant_liar=False, stopped="value")),
     "gp": ("tpe", "asha", tpe(sampler="gp", stopped="value")),
-    "gp-pruned": ("tpe", "asha", tpe(sampler="gp")),
-    "gp-startup-3": ("tpe", "asha", tpe(sampler="gp", stopped="value", startup_trials=3)),
 }
 DEFAULT_METHODS = ["random", "asha-random", "tpe", "tpe-independent", "tpe-stopped-as-value", "tpe-startup-3"]
 
@@ -110,6 +108,7 @@ class Trace(tune.Callback):
     """Every result in the order the driver received it: (validation score) per trial-epoch."""
 
     metric: str
+    searched: set[str]                                    # the settings the space searches
     scores: list[float] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)      # the same, with the trial and its settings
 
@@ -131,8 +130,7 @@ def run_method(method: str, space: Space, data, seed: int, budget: int, storage:
     space = effective_space(space, opts)
     # Enough trials to spend the budget: a FIFO trial runs max_epochs; an ASHA trial may stop at grace.
     space.num_samples = math.ceil(budget / (space.max_epochs if stop == "fifo" else space.grace_period))
-    trace = Trace(space.metric)
-    trace.searched = set(space.search)
+    trace = Trace(space.metric, set(space.search))
     search = make_searcher(space, opts) if choose == "tpe" else BasicVariantGenerator(random_state=seed)
     tuner = tune.Tuner(make_trainable(data, opts, space), param_space=space.param_space(),
                        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,
