@@ -120,16 +120,17 @@ class Trace(tune.Callback):
 
 
 def run_method(method: str, space: Space, data, seed: int, budget: int, storage: str,
-               trace_file: Path | None = None) -> tuple[list[float], float]:
-    """One search; returns the best-so-far score after each trial-epoch, and its wall time (s). With
-    ``trace_file``, every trial-epoch (trial, epoch, score, settings) is written there as JSON."""
+               trace_file: Path | None = None, num_samples: int | None = None) -> tuple[list[float], float, int]:
+    """One search; returns the best-so-far score after each trial-epoch, its wall time (s) and how many
+    trials it trained to max_epochs. With ``trace_file``, every trial-epoch (trial, epoch, score, settings)
+    is written there as JSON. ``num_samples``: trials to run (default: enough to spend the budget)."""
     choose, stop, change = METHODS[method]
     space = change(space) if change else space
     opts = SearchOptions(f"{method}-{seed}", storage, num_samples=budget, max_epochs=space.max_epochs,
                          cpus_per_trial=1, gpus_per_trial=0, seed=seed, verbose=0)
     space = effective_space(space, opts)
     # Enough trials to spend the budget: a FIFO trial runs max_epochs; an ASHA trial may stop at grace.
-    space.num_samples = math.ceil(budget / (space.max_epochs if stop == "fifo" else space.grace_period))
+    space.num_samples = num_samples or math.ceil(budget / (space.max_epochs if stop == "fifo" else space.grace_period))
     trace = Trace(space.metric, set(space.search))
     search = make_searcher(space, opts) if choose == "tpe" else BasicVariantGenerator(random_state=seed)
     tuner = tune.Tuner(make_trainable(data, opts, space), param_space=space.param_space(),
@@ -147,7 +148,8 @@ def run_method(method: str, space: Space, data, seed: int, budget: int, storage:
     for score in trace.scores[:budget]:
         best = max(best, score)
         curve.append(best)
-    return curve, wall
+    full = sum(e["epoch"] >= space.max_epochs for e in trace.events[:budget])
+    return curve, wall, full
 
 
 def epochs_to_reach(curve: list[float], target: float) -> int | None:
@@ -160,6 +162,7 @@ class Row:
     finals: list[float]                     # best score per seed
     reach: list[int | None]                 # trial-epochs to random's final best, per seed (None: never)
     walls: list[float]                      # seconds per search
+    full: list[int]                         # trials trained to max_epochs, per seed
     budget: int
 
     @property
@@ -167,13 +170,14 @@ class Row:
         return None if None in self.reach else max(self.reach) / self.budget
 
 
-def summarise(curves: dict[str, dict[int, list[float]]], walls: dict[str, dict[int, float]], budget: int) -> list[Row]:
+def summarise(curves: dict[str, dict[int, list[float]]], walls: dict[str, dict[int, float]],
+              full: dict[str, dict[int, int]], budget: int) -> list[Row]:
     rows = []
     for method, by_seed in curves.items():
         targets = {seed: curves["random"][seed][-1] for seed in by_seed}
         rows.append(Row(method, [c[-1] for c in by_seed.values()],
                         [epochs_to_reach(c, targets[seed]) for seed, c in by_seed.items()],
-                        list(walls[method].values()), budget))
+                        list(walls[method].values()), list(full[method].values()), budget))
     return rows
 
 
@@ -181,13 +185,14 @@ def table(space: str, rows: list[Row], args) -> str:
     lines = [f"space {Path(space).stem}: {args.train_images} training and {args.val_images} validation images, budget {args.budget} "
              f"trial-epochs per search, seeds {' '.join(map(str, args.seeds))}", "",
              "| method | best val score (mean ± sd) | trial-epochs to random's final best, per seed | worst share "
-             "of the budget | wall s per search (mean) |", "|---|---:|---|---:|---:|"]
+             "of the budget | trials trained to max_epochs (mean) | wall s per search (mean) |",
+             "|---|---:|---|---:|---:|---:|"]
     for r in rows:
         sd = statistics.pstdev(r.finals)
         share = "never on some seed" if r.worst_share is None else f"{r.worst_share:.2f}"
         lines.append(f"| {r.method} | {statistics.mean(r.finals):.4f} ± {sd:.4f} | "
                      f"{', '.join('never' if x is None else str(x) for x in r.reach)} | {share} | "
-                     f"{statistics.mean(r.walls):.0f} |")
+                     f"{statistics.mean(r.full):.1f} | {statistics.mean(r.walls):.0f} |")
     return "\n".join(lines)
 
 
@@ -208,17 +213,18 @@ def bench_space(name: str, args, storage: str) -> list[Row]:
     space = prepared_space(name, args)
     curves = {m: {} for m in args.methods}
     walls = {m: {} for m in args.methods}
+    full = {m: {} for m in args.methods}
     for seed in args.seeds:
         data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, seed)
         data.train_idx = limit_indices(data.train_idx, data.labels, args.train_images, seed)
         data.val_idx = limit_indices(data.val_idx, data.labels, args.val_images, seed)
         for method in args.methods:
             trace = Path(args.trace_dir) / f"{Path(name).stem}-{method}-{seed}.json" if args.trace_dir else None
-            curves[method][seed], walls[method][seed] = run_method(method, space, data, seed, args.budget,
-                                                                   storage, trace)
+            curves[method][seed], walls[method][seed], full[method][seed] = run_method(
+                method, space, data, seed, args.budget, storage, trace, args.num_samples)
             print(f"  {Path(name).stem} seed {seed} {method}: best {curves[method][seed][-1]:.4f}, "
                   f"{walls[method][seed]:.0f} s", file=sys.stderr, flush=True)
-    return summarise(curves, walls, args.budget)
+    return summarise(curves, walls, full, args.budget)
 
 
 def parse_args(argv):
@@ -227,6 +233,8 @@ def parse_args(argv):
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
                    help="methods to compare; random is always run (it sets the target)")
     p.add_argument("--budget", type=int, default=60, help="trial-epochs each search may spend")
+    p.add_argument("--num-samples", type=int, help="trials per search, as a space's num_samples (default: enough "
+                                                   "to spend the budget: budget / grace period, / max_epochs for FIFO)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-epochs", type=int, help="override the spaces' max_epochs")
     p.add_argument("--train-images", type=int, default=2000, help="training images per trial (a stratified subset)")
@@ -243,6 +251,8 @@ def parse_args(argv):
 
 def main(argv=None) -> dict[str, list[Row]]:
     args = parse_args(argv)
+    if args.trace_dir:
+        Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False, logging_level="WARNING")

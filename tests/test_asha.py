@@ -51,5 +51,21 @@ def test_a_space_turns_the_quorum_on_and_the_search_records_it(tmp_path):
     opts = SearchOptions("x", str(tmp_path), space.num_samples, space.max_epochs, 1, 0)
     eff = effective_space(space, opts)
     assert isinstance(make_scheduler(eff), QuorumASHA) and search_settings(eff, opts)["quorum"] is True
+    assert search_settings(eff, opts)["quorum_epochs"] == [2, 6]      # 24 trials cannot fill epoch 18's rung
     plain = effective_space(load_space("quickstart"), opts)
     assert type(make_scheduler(plain)) is ASHAScheduler and search_settings(plain, opts)["quorum"] is False
+    assert search_settings(plain, opts)["quorum_epochs"] == []
+
+
+def test_the_quorum_holds_only_at_the_rungs_a_search_of_its_size_fills():
+    # 24 trials, grace 2, factor 3, max 20: about 24, 8 and 2.7 trials reach epochs 2, 6 and 18.
+    small = QuorumASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=20, grace_period=2,
+                       reduction_factor=3, num_samples=24)
+    assert sorted(small._brackets[0].quorum_milestones) == [2, 6]
+    # At epoch 18 Ray's rule decides: the first trial there goes on, as the trials reaching it are few.
+    assert decisions(small, [0.9, 0.8], epoch=18) == ["CONTINUE", "STOP"]
+    assert decisions(small, [0.9, 0.8], epoch=6) == ["STOP", "STOP"]
+    large = QuorumASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=20, grace_period=2,
+                       reduction_factor=3, num_samples=200)
+    assert sorted(large._brackets[0].quorum_milestones) == [2, 6, 18]
+    assert decisions(large, [0.9, 0.8], epoch=18) == ["STOP", "STOP"]

@@ -25,7 +25,9 @@ def test_search_efficiency_compares_the_methods(ray_session, data_dir, capsys):
     assert [r.method for r in rows] == ["random", "tpe-stopped-as-value"]   # random always: the target
     assert all(0 <= f <= 1 for r in rows for f in r.finals) and all(w > 0 for r in rows for w in r.walls)
     assert rows[0].reach[0] is not None and rows[0].reach[0] <= 6     # random reaches its own best in budget
-    assert "trial-epochs to random's final best" in capsys.readouterr().out
+    assert 1 <= rows[0].full[0] <= 3            # FIFO: each of its 3 trials runs both epochs, or is rejected
+    out = capsys.readouterr().out
+    assert "trial-epochs to random's final best" in out and "trials trained to max_epochs" in out
 
 
 def test_overhead_breaks_the_wall_time_down(ray_session, capsys):

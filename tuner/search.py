@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.asha import QuorumASHA
+from tuner.asha import QuorumASHA, quorum_epochs
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
 from tuner.sampling import make_sampler
@@ -184,9 +184,11 @@ def make_searcher(space: Space, opts: SearchOptions):
 
 def make_scheduler(space: Space) -> ASHAScheduler:
     # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
-    kind = QuorumASHA if space.quorum else ASHAScheduler
-    return kind(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                reduction_factor=space.reduction_factor, brackets=space.brackets)
+    common = dict(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
+                  reduction_factor=space.reduction_factor, brackets=space.brackets)
+    if space.quorum:
+        return QuorumASHA(**common, num_samples=space.num_samples)
+    return ASHAScheduler(**common)
 
 
 class SchedulerState(tune.Callback):
@@ -289,7 +291,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
         "num_samples": space.num_samples, **searcher,
         "scheduler": "ASHAScheduler", "time_attr": "epoch", "max_t": space.max_epochs,
         "grace_period": space.grace_period, "reduction_factor": space.reduction_factor, "brackets": space.brackets,
-        "quorum": space.quorum,
+        "quorum": space.quorum, "quorum_epochs": quorum_epochs(make_scheduler(space)),
         "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
         "max_concurrent": opts.max_concurrent or "auto", "max_failures": opts.max_failures,
         "storage_path": str(opts.storage_path), "fixed": space.fixed,
