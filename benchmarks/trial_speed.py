@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import build_model  # noqa: E402
 from tuner.cli import Help  # noqa: E402
 from tuner.data import TrialData, channel_stats, load_part, resolve_data_dir  # noqa: E402
-from tuner.train import TrainConfig, Trainer, build_optimizer, build_schedule  # noqa: E402
+from tuner.train import TrainConfig, Trainer, build_optimizer, build_schedule, evaluate  # noqa: E402
 from tuner.trial import device_data, pick_device  # noqa: E402
 
 
@@ -128,7 +128,22 @@ def measure(args) -> dict:
     out = {"device": str(device), "rates": {k: statistics.median(v) for k, v in rates.items()}}
     if args.compile:
         out["compiled"] = compiled_rates(args, shape, classes, device, cfg, data, gen)
+    if args.eval_batches:
+        out["eval"] = eval_rates(trainer.model, data, device, args)
     return out
+
+
+def eval_rates(model, data, device, args) -> dict[int, float]:
+    """Evaluation images/s of the trained model at each eval batch size, in alternating rounds (one untimed
+    round first), so that a drift in the machine's speed touches every size alike: median per size."""
+    times: dict[int, list[float]] = {b: [] for b in args.eval_batches}
+    for rnd in range(args.epochs + 1):
+        for b in args.eval_batches:
+            start = time.perf_counter()
+            evaluate(model, data.x_train, data.y_train, data.mean, data.std, b)   # reads its result back
+            if rnd:
+                times[b].append(time.perf_counter() - start)
+    return {b: len(data.y_train) / statistics.median(t) for b, t in times.items()}
 
 
 def table(result: dict, args) -> str:
@@ -147,6 +162,12 @@ def table(result: dict, args) -> str:
         verdict = (f"pays off after {compile_s / gain_s:.0f} epochs of {n} images" if gain_s > 0
                    else "never pays off here: compiled epochs are not faster")
         lines += ["", f"torch.compile: {compile_s:.1f} s to compile; {verdict}"]
+    if "eval" in result:
+        rates = result["eval"]
+        first = rates[args.eval_batches[0]]
+        lines += ["", f"evaluation of the trained model on the same {args.images} images, median of {args.epochs} rounds:",
+                  "", "| eval batch | images/s | ratio |", "|---:|---:|---:|"]
+        lines += [f"| {b:,} | {r:,.0f} | {r / first:.2f}x |" for b, r in rates.items()]
     return "\n".join(lines)
 
 
@@ -163,6 +184,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--compile", action="store_true", help="also time tuner's loop under torch.compile")
+    p.add_argument("--eval-batches", type=int, nargs="*", default=[],
+                   help="also time evaluation at these eval batch sizes (the first is the ratios' base)")
     args = p.parse_args(argv)
     result = measure(args)
     print(table(result, args))

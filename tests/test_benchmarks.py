@@ -11,10 +11,12 @@ pytestmark = pytest.mark.slow
 
 def test_trial_speed_measures_both_loops(data_dir, capsys):
     result = trial_speed.main(["--dataset", "mnist", "--data-dir", str(data_dir), "--images", "512",
-                               "--epochs", "1"])
+                               "--epochs", "1", "--eval-batches", "256", "64"])
     assert set(result["rates"]) == {"DataLoader, per-item transforms", "tuner, device-resident tensors"}
     assert all(rate > 0 for rate in result["rates"].values())
-    assert "| tuner, device-resident tensors |" in capsys.readouterr().out
+    assert set(result["eval"]) == {256, 64} and all(rate > 0 for rate in result["eval"].values())
+    out = capsys.readouterr().out
+    assert "| tuner, device-resident tensors |" in out and "| 64 |" in out and "| 256 | " in out
 
 
 def test_search_efficiency_compares_the_methods(ray_session, data_dir, capsys):

@@ -12,7 +12,7 @@ from models import build_model
 from tuner.costs import COST_METRICS, LARGE_BATCH, REPEATS, batch_of, model_costs
 from tuner.data import prepare_trial_data
 from tuner.batches import crop, flip
-from tuner.train import TrainConfig, lr_factor, param_groups
+from tuner.train import CPU_EVAL_BATCH, TrainConfig, evaluate, lr_factor, param_groups
 from tuner.trial import Reporting, run_trial
 
 CONFIG = {"model": "convnet", "dataset": "digits", "depth": 2, "width": 8, "fc": "32", "lr": 0.003,
@@ -236,3 +236,20 @@ def test_the_weight_average_matches_torchs_averaged_model():
     a, b = ours.module.state_dict(), theirs.module.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert ours.steps == int(theirs.n_averaged) == 4
+
+
+def test_evaluation_does_not_depend_on_the_eval_batch(digits):
+    """The CPU's eval batch is small for speed: a batch-norm network in eval mode scores every image alike
+    whatever its batch, the last, partial, batch included."""
+    torch.manual_seed(0)
+    model = build_model("convnet", {**CONFIG, "batch_norm": True}, digits.input_shape, digits.num_classes)
+    model.train()
+    with torch.no_grad():          # batch statistics move off their initial values, as after training
+        model(torch.randn(64, *digits.input_shape) * 2 + 1)
+    x = torch.from_numpy(digits.images[digits.val_idx])
+    y = torch.from_numpy(digits.labels[digits.val_idx])
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (digits.mean, digits.std))
+    whole = evaluate(model, x, y, mean, std, batch_size=len(y))
+    assert len(y) % CPU_EVAL_BATCH != 0
+    small = evaluate(model, x, y, mean, std)
+    assert small[1] == whole[1] and small[0] == pytest.approx(whole[0], rel=1e-5)

@@ -9,7 +9,7 @@ import torch
 from models import build_model
 from models.layers import Normalized
 from tuner.data import ImageSet, TrialData
-from tuner.train import evaluate
+from tuner.train import CPU_EVAL_BATCH, CUDA_EVAL_BATCH, evaluate
 
 
 def load_trial_model(config: dict, checkpoint_dir: str | Path, data: TrialData) -> Normalized:
@@ -21,10 +21,11 @@ def load_trial_model(config: dict, checkpoint_dir: str | Path, data: TrialData) 
     return Normalized(model, data.mean, data.std).eval()
 
 
-def score(model: Normalized, images: ImageSet, batch_size: int = 1024) -> dict[str, float]:
+def score(model: Normalized, images: ImageSet, batch_size: int | None = None) -> dict[str, float]:
     """Test loss and accuracy of a normalised model on uint8 images."""
     device = next(model.parameters()).device
     x = torch.from_numpy(images.images).to(device)
     y = torch.from_numpy(images.labels).to(device)
+    batch_size = batch_size or (CUDA_EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH)
     loss, acc = evaluate(model.model, x, y, model.mean, model.std, batch_size)
     return {"test_loss": loss, "test_accuracy": acc}

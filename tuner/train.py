@@ -46,7 +46,7 @@ class TrainConfig:
     early_stop_on: str = "val_loss"  # val_loss or val_accuracy
     min_delta: float = 0.0          # smallest change that counts as an improvement
     grad_clip: float = 0.0          # max gradient norm; 0 = off
-    eval_batch_size: int = 0        # images per evaluation step; 0 = 4,096 on CUDA, 1,024 on the CPU
+    eval_batch_size: int = 0        # images per evaluation step; 0 = 4,096 on CUDA, 128 on the CPU
     ema: float = 0.0                # decay per step of an average of the weights, which is then what is
                                     # evaluated and saved; 0 = off (0.99 to 0.999 with batches of 500+)
     compile: bool = False           # torch.compile the training forward pass (pays off on long GPU trials only)
@@ -207,13 +207,17 @@ class Trainer:
         return self.loss_sum.item() / self.batches.steps, self.correct.item() / self.batches.images
 
 
+CUDA_EVAL_BATCH = 4096   # images per evaluation step on CUDA: few launches
+CPU_EVAL_BATCH = 128     # on a CPU a batch's activations then stay in its caches (BENCHMARKS.md, section 1)
+
+
 def eval_batch(cfg: TrainConfig, device: torch.device) -> int:
-    """Images per evaluation step: the setting, else large on CUDA (fewer launches), 1,024 on the CPU."""
-    return cfg.eval_batch_size or (4096 if device.type == "cuda" else 1024)
+    """Images per evaluation step: the setting, else the device's default."""
+    return cfg.eval_batch_size or (CUDA_EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH)
 
 
 @torch.inference_mode()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 1024):
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = CPU_EVAL_BATCH):
     """(mean cross-entropy, accuracy) of ``model`` on uint8 images ``x``."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
