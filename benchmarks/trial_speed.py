@@ -129,11 +129,11 @@ def measure(args) -> dict:
     if args.compile:
         out["compiled"] = compiled_rates(args, shape, classes, device, cfg, data, gen)
     if args.eval_batches:
-        out["eval"] = eval_rates(trainer.model, data, device, args)
+        out["eval"] = eval_rates(trainer.model, data, args)
     return out
 
 
-def eval_rates(model, data, device, args) -> dict[int, float]:
+def eval_rates(model, data, args) -> dict[int, float]:
     """Evaluation images/s of the trained model at each eval batch size, in alternating rounds (one untimed
     round first), so that a drift in the machine's speed touches every size alike: median per size."""
     times: dict[int, list[float]] = {b: [] for b in args.eval_batches}

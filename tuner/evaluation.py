@@ -9,7 +9,7 @@ import torch
 from models import build_model
 from models.layers import Normalized
 from tuner.data import ImageSet, TrialData
-from tuner.train import CPU_EVAL_BATCH, CUDA_EVAL_BATCH, evaluate
+from tuner.train import default_eval_batch, evaluate
 
 
 def load_trial_model(config: dict, checkpoint_dir: str | Path, data: TrialData) -> Normalized:
@@ -26,6 +26,5 @@ def score(model: Normalized, images: ImageSet, batch_size: int | None = None) ->
     device = next(model.parameters()).device
     x = torch.from_numpy(images.images).to(device)
     y = torch.from_numpy(images.labels).to(device)
-    batch_size = batch_size or (CUDA_EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH)
-    loss, acc = evaluate(model.model, x, y, model.mean, model.std, batch_size)
+    loss, acc = evaluate(model.model, x, y, model.mean, model.std, batch_size or default_eval_batch(device))
     return {"test_loss": loss, "test_accuracy": acc}

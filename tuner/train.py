@@ -211,9 +211,13 @@ CUDA_EVAL_BATCH = 4096   # images per evaluation step on CUDA: few launches
 CPU_EVAL_BATCH = 128     # on a CPU a batch's activations then stay in its caches (BENCHMARKS.md, section 1)
 
 
+def default_eval_batch(device: torch.device) -> int:
+    return CUDA_EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH
+
+
 def eval_batch(cfg: TrainConfig, device: torch.device) -> int:
     """Images per evaluation step: the setting, else the device's default."""
-    return cfg.eval_batch_size or (CUDA_EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH)
+    return cfg.eval_batch_size or default_eval_batch(device)
 
 
 @torch.inference_mode()
