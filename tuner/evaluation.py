@@ -9,7 +9,7 @@ import torch
 from models import build_model
 from models.layers import Normalized
 from tuner.data import ImageSet, TrialData
-from tuner.train import default_eval_batch, evaluate
+from tuner.train import evaluate
 
 
 def load_trial_model(config: dict, checkpoint_dir: str | Path, data: TrialData) -> Normalized:
@@ -26,5 +26,5 @@ def score(model: Normalized, images: ImageSet, batch_size: int | None = None) ->
     device = next(model.parameters()).device
     x = torch.from_numpy(images.images).to(device)
     y = torch.from_numpy(images.labels).to(device)
-    loss, acc = evaluate(model.model, x, y, model.mean, model.std, batch_size or default_eval_batch(device))
+    loss, acc = evaluate(model.model, x, y, model.mean, model.std, batch_size)
     return {"test_loss": loss, "test_accuracy": acc}

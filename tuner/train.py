@@ -221,8 +221,10 @@ def eval_batch(cfg: TrainConfig, device: torch.device) -> int:
 
 
 @torch.inference_mode()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = CPU_EVAL_BATCH):
-    """(mean cross-entropy, accuracy) of ``model`` on uint8 images ``x``."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int | None = None):
+    """(mean cross-entropy, accuracy) of ``model`` on uint8 images ``x``, in batches of ``batch_size``
+    (default: the device's)."""
+    batch_size = batch_size or default_eval_batch(x.device)
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
