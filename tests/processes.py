@@ -3,8 +3,10 @@ exactly what it started (by session, then by its temp dir in the command line), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -63,7 +65,21 @@ def kill_processes_mentioning(text: str) -> None:
                 pass
 
 
+def experiment_exists(uri: str, experiment: str) -> bool:
+    """Whether the search has set up its sqlite store and created ``experiment``, read without MLflow: an
+    MlflowClient opened on a store another process is still creating runs the schema migrations a second
+    time, beside that process's ("table _alembic_tmp_datasets already exists")."""
+    path = uri.removeprefix("sqlite:///")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM experiments WHERE name = ?", (experiment,)).fetchone() is not None
+    except sqlite3.Error:       # no file yet, or no table yet
+        return False
+
+
 def child_runs(uri: str, experiment: str) -> list:
+    if uri.startswith("sqlite:///") and not experiment_exists(uri, experiment):
+        return []
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -17,6 +17,12 @@ factor of 3, and a quorum at the last would stop nearly all of those 3, leaving 
 end. So the quorum holds only at the rungs the search is expected to bring ``QUORUM_ARRIVALS`` times the
 factor trials to (``num_samples`` times the bracket's share times the fraction of trials that get that
 far); at the others Ray's rule decides, among trials that already passed the quorum below.
+
+Ray's rule is relative only: a rung where every network is still at chance level promotes the best of them,
+and the space where most settings are bad lost a third of a search's budget that way (BENCHMARKS.md,
+section 2). ``ChanceFloorASHA`` (the default, and the base of ``QuorumASHA``) also stops, from the grace
+period on, a trial whose validation score is no better than a network that learned nothing (``chance_floor``),
+and leaves it out of the rung's record, so that the trials that did learn are ranked among themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +34,56 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
 QUORUM_ARRIVALS = 2      # x reduction_factor: expected arrivals at a rung for its quorum to hold
+CHANCE_Z = 3.0           # standard errors beyond chance a validation score must be to show learning
+
+
+def chance_floor(val_labels: np.ndarray, metric: str) -> float | None:
+    """The ``metric`` of a network that learned nothing, moved ``CHANCE_Z`` standard errors toward better.
+
+    val_accuracy: the share of the commonest class (always answering it), plus CHANCE_Z binomial standard
+    errors on ``len(val_labels)`` images. val_loss: the cross-entropy of predicting the class frequencies,
+    minus CHANCE_Z standard errors of its mean. None (no floor) for the training metrics, which are measured
+    on augmented batches in training mode.
+    """
+    counts = np.bincount(val_labels)
+    share, n = counts / counts.sum(), len(val_labels)
+    if metric == "val_accuracy":
+        p = share.max()
+        return float(p + CHANCE_Z * math.sqrt(p * (1 - p) / n))
+    if metric == "val_loss":
+        nll = -np.log(share[val_labels])           # each image's loss under the class frequencies
+        return float(nll.mean() - CHANCE_Z * nll.std() / math.sqrt(n))
+    return None
+
+
+class ChanceFloorASHA(ASHAScheduler):
+    """``ASHAScheduler`` that also stops, from ``grace_period`` on, a trial whose score is not better than
+    ``floor`` (in the metric's units; None: Ray's ASHA unchanged) and records it at no rung."""
+
+    def __init__(self, *args, floor: float | None = None, grace_period: int = 1, **kwargs):
+        super().__init__(*args, grace_period=grace_period, **kwargs)
+        self._floor, self._grace = floor, grace_period
+        self._at_chance: set[str] = set()          # trials this rule stopped (kept out of the rungs)
+
+    def at_chance(self, result: dict) -> bool:
+        if self._floor is None or result.get(self._time_attr, 0) < self._grace:
+            return False
+        score = result.get(self._metric)
+        return score is not None and self._metric_op * score <= self._metric_op * self._floor
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._metric in result and self.at_chance(result):
+            self._at_chance.add(trial.trial_id)
+            self._num_stopped += 1
+            return self.STOP
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict):
+        if trial.trial_id in self._at_chance:
+            self._at_chance.discard(trial.trial_id)
+            self._trial_info.pop(trial.trial_id, None)
+            return None
+        return super().on_trial_complete(tune_controller, trial, result)
 
 
 class _QuorumBracket(_Bracket):
@@ -40,9 +96,9 @@ class _QuorumBracket(_Bracket):
         return super().cutoff(recorded)
 
 
-class QuorumASHA(ASHAScheduler):
-    """``ASHAScheduler`` with the quorum rule above; same arguments plus the search's ``num_samples`` (None:
-    a quorum at every rung), same rungs, same saved state."""
+class QuorumASHA(ChanceFloorASHA):
+    """``ChanceFloorASHA`` with the quorum rule above; same arguments plus the search's ``num_samples``
+    (None: a quorum at every rung), same rungs, same saved state."""
 
     def __init__(self, *args, num_samples: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -6,13 +6,19 @@ and on a space where most of the volume is bad); every other value is an option 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from tuner.checker import SpaceChecker
 
 STOPPED = ("pruned", "value")   # how a trial ASHA stopped is told to the sampler
 SAMPLERS = ("tpe", "gp")         # Optuna's TPESampler, or its GPSampler (Gaussian-process Bayesian optimisation)
-SEARCHER_KEYS = ("sampler", "multivariate", "constant_liar", "startup_trials", "stopped")
+DESIGNS = ("random", "latin_hypercube")   # how the start-up trials are drawn
+SEARCHER_KEYS = ("sampler", "multivariate", "constant_liar", "startup_trials", "startup_design", "stopped")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,10 @@ class SearcherSettings:
     constant_liar: bool = False
     # Random trials before TPE models the results; None: a quarter of num_samples, 3 to 10.
     startup_trials: int | None = None
+    # "latin_hypercube": the start-up trials cut each setting's range into as many equal slices (of its log
+    # range where the distribution is log) and take each slice once, so every value of a choice is tried
+    # about equally often before TPE models the results; "random": independent draws, as Optuna does.
+    startup_design: str = "random"
     # "pruned": a trial ASHA stopped ranks below every trial that ran to the end (by how far it got, then
     # its score); "value": it counts as complete with the best score it reached before the stop.
     stopped: str = "pruned"
@@ -43,24 +53,18 @@ class SearcherSettings:
         return {**asdict(self), "startup_trials": self.startup(num_samples)}
 
 
-def check_searcher(section: dict, fail, number, one_of) -> SearcherSettings:
-    """``searcher:`` from a space file; ``fail``, ``number`` and ``one_of`` are the space checker's (one
-    line naming the file and the key)."""
+def check_searcher(section: dict, c: SpaceChecker) -> SearcherSettings:
+    """``searcher:`` from a space file, checked by the space's checker (one line naming the file and key)."""
     for key in section:
         if key not in SEARCHER_KEYS:
-            fail(f"searcher.{key}", f"unknown key; allowed: {', '.join(SEARCHER_KEYS)}")
-    out = {}
-    for key in ("multivariate", "constant_liar"):
-        if key in section:
-            if not isinstance(section[key], bool):
-                fail(f"searcher.{key}", f"{section[key]!r} is not allowed; use true or false")
-            out[key] = section[key]
+            c.fail(f"searcher.{key}", f"unknown key; allowed: {', '.join(SEARCHER_KEYS)}")
+    out = {key: c.switch(f"searcher.{key}", section[key]) for key in ("multivariate", "constant_liar") if key in section}
     if section.get("startup_trials") is not None:
-        out["startup_trials"] = number("searcher.startup_trials", section["startup_trials"])
-    if "stopped" in section:
-        out["stopped"] = one_of("searcher.stopped", section["stopped"], STOPPED)
-    if "sampler" in section:
-        out["sampler"] = one_of("searcher.sampler", section["sampler"], SAMPLERS)
+        key = "searcher.startup_trials"
+        out["startup_trials"] = c.in_range(key, "startup_trials", c.number(key, section["startup_trials"], int))
+    for key, allowed in (("stopped", STOPPED), ("sampler", SAMPLERS), ("startup_design", DESIGNS)):
+        if key in section:
+            out[key] = c.one_of(f"searcher.{key}", section[key], allowed)
     return SearcherSettings(**out)
 
 
@@ -72,3 +76,31 @@ def make_sampler(settings: SearcherSettings, seed: int, num_samples: int) -> opt
                                          warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup(num_samples),
                                       multivariate=settings.multivariate, constant_liar=settings.constant_liar)
+
+
+def latin_hypercube(distributions: dict[str, BaseDistribution], n: int, seed: int) -> list[dict]:
+    """``n`` settings (Optuna distributions by name) that take each of ``n`` equal slices of every setting's
+    unit range once, in an independent random order per setting (McKay et al.'s Latin hypercube)."""
+    rng = np.random.default_rng(seed)
+    points = [{} for _ in range(n)]
+    for name, dist in distributions.items():
+        for point, u in zip(points, (rng.permutation(n) + rng.random(n)) / n):
+            point[name] = from_unit(dist, float(u))
+    return points
+
+
+def from_unit(dist: BaseDistribution, u: float):
+    """The value at ``u`` in [0, 1) of ``dist``'s range: uniform in the value, or in its log where ``log``."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+    low, high, step = dist.low, dist.high, dist.step
+    if isinstance(dist, IntDistribution):
+        if dist.log:
+            value = math.floor(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low))))
+        else:
+            value = low + step * int(u * ((high - low) // step + 1))
+        return int(min(max(value, low), high))
+    value = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if dist.log else low + u * (high - low)
+    if step:
+        value = low + round((value - low) / step) * step
+    return float(min(max(value, low), high))

@@ -2,7 +2,9 @@
 
 ``SearchOptions`` gathers what the command line decides; ``build_tuner`` assembles Ray's own pieces
 (Tuner, TuneConfig, RunConfig, CheckpointConfig, FailureConfig, OptunaSearch, ASHAScheduler,
-with_parameters, with_resources) and nothing of its own but the trainable.
+with_parameters, with_resources). Its own: the trainable, how a trial's end is told to TPE
+(``FidelityAwareOptuna``, which also queues a Latin-hypercube start) and ASHA's chance floor and quorum
+(tuner.asha).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.asha import QuorumASHA, quorum_epochs
+from tuner.asha import ChanceFloorASHA, QuorumASHA, chance_floor, quorum_epochs
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
-from tuner.sampling import make_sampler
+from tuner.sampling import latin_hypercube, make_sampler
 from tuner.spaces import Space
 from tuner.trial import Reporting, train_trial
 
@@ -95,8 +97,9 @@ class FidelityAwareOptuna(OptunaSearch):
     """
 
     def __init__(self, *args, max_epochs: int, objectives: list[tuple[str, str]] | None = None,
-                 stopped: str = "pruned", **kwargs):
+                 stopped: str = "pruned", design: tuple[int, int] = (0, 0), **kwargs):
         super().__init__(*args, **kwargs)
+        self._design = design            # (trials, seed): a Latin hypercube queued after points_to_evaluate
         self._max_epochs = max_epochs
         self._stopped = stopped          # "value": an ASHA-stopped trial is COMPLETE with its best score so far
         self._objectives = list(objectives or [])
@@ -110,7 +113,11 @@ class FidelityAwareOptuna(OptunaSearch):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         if self.multi_objective:   # Tune passes the first objective (the scheduler's); the study takes them all
             metric, mode = [m for m, _ in self._objectives], [d for _, d in self._objectives]
-        return super().set_search_properties(metric, mode, config, **spec)
+        if not super().set_search_properties(metric, mode, config, **spec):
+            return False   # set already (a restored searcher keeps its study, queued trials included)
+        for point in latin_hypercube(self._space, *self._design):
+            self._ot_study.enqueue_trial(point)
+        return True
 
     def _first(self) -> tuple[str, str]:
         return self._objectives[0] if self.multi_objective else (self.metric, self.mode)
@@ -173,22 +180,28 @@ def untrained(result: dict) -> bool:
 def make_searcher(space: Space, opts: SearchOptions):
     if opts.grid:
         return None   # Ray's default BasicVariantGenerator expands grid_search over the choices
-    sampler = make_sampler(space.searcher, opts.seed, space.num_samples)
+    settings = space.searcher
+    sampler = make_sampler(settings, opts.seed, space.num_samples)
+    designed = max(0, settings.startup(space.num_samples) - len(space.start))
     searcher = FidelityAwareOptuna(sampler=sampler, points_to_evaluate=space.start or None,
                                    max_epochs=space.max_epochs, objectives=space.objectives,
-                                   stopped=space.searcher.stopped)
+                                   stopped=settings.stopped, design=(
+                                       designed if settings.startup_design == "latin_hypercube" else 0, opts.seed))
     if opts.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
     return searcher
 
 
-def make_scheduler(space: Space) -> ASHAScheduler:
+def make_scheduler(space: Space, data: TrialData | None = None) -> ASHAScheduler:
+    """ASHA with the space's settings; with ``data``, and unless the space turns it off, trials still at
+    chance level on its validation images are stopped from the grace period on (tuner.asha)."""
     # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
+    floor = chance_floor(data.labels[data.val_idx], space.metric) if data and space.stop_at_chance else None
     common = dict(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                  reduction_factor=space.reduction_factor, brackets=space.brackets)
+                  reduction_factor=space.reduction_factor, brackets=space.brackets, floor=floor)
     if space.quorum:
         return QuorumASHA(**common, num_samples=space.num_samples)
-    return ASHAScheduler(**common)
+    return ChanceFloorASHA(**common)
 
 
 class SchedulerState(tune.Callback):
@@ -292,6 +305,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
         "scheduler": "ASHAScheduler", "time_attr": "epoch", "max_t": space.max_epochs,
         "grace_period": space.grace_period, "reduction_factor": space.reduction_factor, "brackets": space.brackets,
         "quorum": space.quorum, "quorum_epochs": quorum_epochs(make_scheduler(space)),
+        "stop_at_chance": space.stop_at_chance,
         "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
         "max_concurrent": opts.max_concurrent or "auto", "max_failures": opts.max_failures,
         "storage_path": str(opts.storage_path), "fixed": space.fixed,
@@ -301,7 +315,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
 
 def build_tuner(space: Space, data: TrialData, opts: SearchOptions) -> tune.Tuner:
     space = effective_space(space, opts)
-    scheduler = make_scheduler(space)
+    scheduler = make_scheduler(space, data)
     return tune.Tuner(make_trainable(data, opts, space),
                       param_space=space.grid_space() if opts.grid else space.param_space(),
                       tune_config=tune_config(space, opts, scheduler),

@@ -8,7 +8,6 @@ line naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from ray import tune
 
 import search_spaces
 from models import MODELS
-from tuner import limits
+from tuner.checker import SpaceChecker
 from tuner.costs import COST_METRICS
 from tuner.data import DATASETS
 from tuner.errors import UserError
@@ -33,7 +32,7 @@ SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
             "num_samples", "resources", "reference", "start", "objectives", "searcher")
-SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets", "quorum")
+SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets", "quorum", "stop_at_chance")
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
@@ -70,6 +69,7 @@ class Space:
     reduction_factor: int = 3
     brackets: int = 1                           # ASHA's brackets; more than one is Hyperband's hedge on grace
     quorum: bool = False                        # ASHA promotes nobody until a rung has seen reduction_factor trials
+    stop_at_chance: bool = True                 # ASHA stops trials no better than chance from grace_period on
     num_samples: int = 10
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     val_fraction: float = 0.1
@@ -136,49 +136,6 @@ def _names() -> str:
 
 # ---- loading and checking --------------------------------------------------------------------------------
 
-class _Checker:
-    """Raises one-line UserErrors that name the file and the key."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def fail(self, key: str, msg: str):
-        raise UserError(f"{self.path}: {key}: {msg}")
-
-    def number(self, key: str, value, kind=float):
-        # PyYAML reads 1e-4 (no dot) as a string: accept any number written as text.
-        if isinstance(value, bool):
-            self.fail(key, f"{value!r} is not a number")
-        try:
-            num = float(value)
-        except (TypeError, ValueError, OverflowError):
-            self.fail(key, f"{value!r} is not a number")
-        if not math.isfinite(num):
-            self.fail(key, f"{value!r} is not a finite number")
-        if kind is int and num != int(num):
-            self.fail(key, f"{value!r} is not a whole number")
-        return int(num) if kind is int else num
-
-    def in_range(self, key: str, name: str, value):
-        """``value`` within ``name``'s range (tuner.limits), else one line naming the key."""
-        why = limits.problem(name, value)
-        if why is not None:
-            self.fail(key, f"{value!r} {why}")
-        return value
-
-    def mapping(self, key: str, value) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, f"expected a mapping of keys to values, got {type(value).__name__}")
-        return value
-
-    def one_of(self, key: str, value, allowed):
-        if value not in allowed:
-            self.fail(key, f"{value!r} is not allowed; use one of: {', '.join(map(str, allowed))}")
-        return value
-
-
 TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "any": (str, int, float, bool)}
 
 
@@ -195,7 +152,7 @@ def allowed_list(model: str) -> str:
     return ", ".join(sorted(k for k in setting_types(model) if k not in RESERVED))
 
 
-def _check_value(c: _Checker, key: str, value, types: tuple[type, ...], name: str) -> Any:
+def _check_value(c: SpaceChecker, key: str, value, types: tuple[type, ...], name: str) -> Any:
     if isinstance(value, str) and str not in types and value.strip().lower() not in ("none", "null"):
         value = c.number(key, value, int if float not in types else float)  # 1e-4 arrives as a string
     if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
@@ -210,13 +167,13 @@ def _check_value(c: _Checker, key: str, value, types: tuple[type, ...], name: st
 def check_settings(where: str, model: str, values: dict, prefix: str = "") -> None:
     """``model``'s settings among ``values`` checked as a space's ``fixed:`` values are (type, closed set,
     range); other keys are left alone."""
-    types, c = setting_types(model), _Checker(Path(where))
+    types, c = setting_types(model), SpaceChecker(Path(where))
     for key, value in values.items():
         if key in types:
             _check_value(c, f"{prefix}{key}", value, types[key], key)
 
 
-def _check_distribution(c: _Checker, key: str, name: str, spec, types: tuple[type, ...]) -> tuple[str, Any]:
+def _check_distribution(c: SpaceChecker, key: str, name: str, spec, types: tuple[type, ...]) -> tuple[str, Any]:
     allowed = ", ".join(DISTRIBUTIONS)
     if not isinstance(spec, dict) or len(spec) != 1:
         c.fail(key, f"expected one distribution such as {{loguniform: [1.0e-4, 1.0e-2]}}; kinds: {allowed}")
@@ -246,7 +203,7 @@ def _check_distribution(c: _Checker, key: str, name: str, spec, types: tuple[typ
     return kind, nums
 
 
-def _check_params(c: _Checker, raw: dict, model: str) -> tuple[dict, dict]:
+def _check_params(c: SpaceChecker, raw: dict, model: str) -> tuple[dict, dict]:
     allowed = setting_types(model)
     fixed, search = c.mapping("fixed", raw.get("fixed")), c.mapping("search", raw.get("search"))
     for section, values in (("fixed", fixed), ("search", search)):
@@ -262,15 +219,15 @@ def _check_params(c: _Checker, raw: dict, model: str) -> tuple[dict, dict]:
     return fixed, search
 
 
-def _check_scheduler(c: _Checker, raw: dict) -> dict:
+def _check_scheduler(c: SpaceChecker, raw: dict) -> dict:
     sched = c.mapping("scheduler", raw.get("scheduler"))
     for k in sched:
         if k not in SCHEDULER_KEYS:
             c.fail(f"scheduler.{k}", f"unknown key; allowed: {', '.join(SCHEDULER_KEYS)}")
-    if not isinstance(sched.get("quorum", False), bool):
-        c.fail("scheduler.quorum", f"{sched['quorum']!r} is not allowed; use true or false")
-    out = {k: v if k == "quorum" else c.in_range(f"scheduler.{k}", k, c.number(f"scheduler.{k}", v, int))
-           for k, v in sched.items()}
+    switches = {k: c.switch(f"scheduler.{k}", v) for k, v in sched.items() if k in ("quorum", "stop_at_chance")}
+    out = {k: c.in_range(f"scheduler.{k}", k, c.number(f"scheduler.{k}", v, int))
+           for k, v in sched.items() if k not in switches}
+    out.update(switches)
     max_epochs, grace = out.get("max_epochs", 10), out.get("grace_period", 1)
     if max_epochs < 1 or grace < 1 or grace > max_epochs:
         c.fail("scheduler", f"need 1 <= grace_period ({grace}) <= max_epochs ({max_epochs})")
@@ -279,7 +236,7 @@ def _check_scheduler(c: _Checker, raw: dict) -> dict:
     return out
 
 
-def _check_resources(c: _Checker, raw: dict) -> dict:
+def _check_resources(c: SpaceChecker, raw: dict) -> dict:
     res = c.mapping("resources", raw.get("resources"))
     for k in res:
         if k not in RESOURCE_KEYS:
@@ -288,7 +245,7 @@ def _check_resources(c: _Checker, raw: dict) -> dict:
                                        for k, v in res.items()}}
 
 
-def _check_reference(c: _Checker, entries, types: dict, settable: set[str]) -> list[dict]:
+def _check_reference(c: SpaceChecker, entries, types: dict, settable: set[str]) -> list[dict]:
     """``reference:``: a report's settings (ones the space fixes or searches) and the figures it reached."""
     if not isinstance(entries, list) or not all(isinstance(r, dict) for r in entries):
         c.fail("reference", "must be a list of mappings (the settings and the figure a report reached)")
@@ -317,7 +274,7 @@ def default_mode(metric: str) -> str:
     return "max" if metric.endswith("accuracy") else "min"
 
 
-def _check_objective(c: _Checker, where: str, entry, first: bool) -> tuple[str, str]:
+def _check_objective(c: SpaceChecker, where: str, entry, first: bool) -> tuple[str, str]:
     """The first objective is what ASHA stops trials on (a metric of training, at the trial's best epoch);
     the others are what the network costs, measured by the trial (tuner.costs)."""
     if not isinstance(entry, dict) or "metric" not in entry:
@@ -333,7 +290,7 @@ def _check_objective(c: _Checker, where: str, entry, first: bool) -> tuple[str, 
     return metric, c.one_of(f"{where}.mode", entry.get("mode", default_mode(metric)), ("max", "min"))
 
 
-def _check_objectives(c: _Checker, raw: dict) -> list[tuple[str, str]]:
+def _check_objectives(c: SpaceChecker, raw: dict) -> list[tuple[str, str]]:
     """``objectives:``: two or more metrics to trade off; the first takes the place of metric and mode."""
     entries = raw.get("objectives")
     if entries is None:
@@ -351,7 +308,7 @@ def _check_objectives(c: _Checker, raw: dict) -> list[tuple[str, str]]:
 
 def load_space(name_or_path: str) -> Space:
     path = find_space(name_or_path)
-    raw, c = read_space_file(path), _Checker(path)
+    raw, c = read_space_file(path), SpaceChecker(path)
     for key in raw:
         if key not in TOP_KEYS:
             c.fail(key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
@@ -375,8 +332,7 @@ def load_space(name_or_path: str) -> Space:
     types = setting_types(raw["model"])
     start = [{k: _check_value(c, f"start[{i}].{k}", v, types[k], k) for k, v in p.items()} for i, p in enumerate(start)]
     reference = _check_reference(c, raw.get("reference") or [], types, set(fixed) | set(search))
-    searcher = check_searcher(c.mapping("searcher", raw.get("searcher")), c.fail,
-                              lambda key, v: c.in_range(key, "startup_trials", c.number(key, v, int)), c.one_of)
+    searcher = check_searcher(c.mapping("searcher", raw.get("searcher")), c)
     return Space(name=path.stem, path=path, description=str(raw["description"]).strip(), dataset=raw["dataset"],
                  model=raw["model"], fixed=fixed, search=search, metric=metric, mode=mode,
                  num_samples=num_samples, resources=_check_resources(c, raw), val_fraction=val_fraction,
@@ -397,4 +353,4 @@ def parse_override(text: str, space: Space) -> tuple[str, Any]:
         parsed = parse_yaml(value)
     except (yaml.YAMLError, RecursionError):
         raise UserError(f"--set {key}: {value[:80]!r} is not a value; quote text, e.g. --set fc=64-128") from None
-    return key, _check_value(_Checker(Path("command line")), f"--set {key}", parsed, allowed[key], key)
+    return key, _check_value(SpaceChecker(Path("command line")), f"--set {key}", parsed, allowed[key], key)
