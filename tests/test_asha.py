@@ -128,6 +128,7 @@ def test_the_search_sets_the_floor_from_its_validation_labels_unless_the_space_t
     assert make_scheduler(space, data)._floor == pytest.approx(1.0)   # validation images are all class 2
     assert make_scheduler(space)._floor is None and search_settings(space, opts)["stop_at_chance"] is True
     path = tmp_path / "off.yaml"
-    path.write_text(Path(find_space("quickstart")).read_text().replace("scheduler: {", "scheduler: {stop_at_chance: false, "))
+    text = Path(find_space("quickstart")).read_text()
+    path.write_text(text.replace("scheduler: {", "scheduler: {stop_at_chance: false, "))
     off = effective_space(load_space(str(path)), opts)
     assert make_scheduler(off, data)._floor is None and search_settings(off, opts)["stop_at_chance"] is False

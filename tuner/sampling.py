@@ -58,7 +58,8 @@ def check_searcher(section: dict, c: SpaceChecker) -> SearcherSettings:
     for key in section:
         if key not in SEARCHER_KEYS:
             c.fail(f"searcher.{key}", f"unknown key; allowed: {', '.join(SEARCHER_KEYS)}")
-    out = {key: c.switch(f"searcher.{key}", section[key]) for key in ("multivariate", "constant_liar") if key in section}
+    out = {key: c.switch(f"searcher.{key}", section[key])
+           for key in ("multivariate", "constant_liar") if key in section}
     if section.get("startup_trials") is not None:
         key = "searcher.startup_trials"
         out["startup_trials"] = c.in_range(key, "startup_trials", c.number(key, section["startup_trials"], int))
