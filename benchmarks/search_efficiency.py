@@ -2,7 +2,8 @@
 FIFO random search (every trial to max_epochs), ASHA with random search, and ASHA + Optuna's TPE with the
 space's searcher settings and with each alternative (independent TPE, no constant liar, ASHA-stopped
 trials told as values, fewer start-up trials, a Latin-hypercube start, other grace periods, reduction
-factors and brackets, Optuna's GP sampler, ASHA with a quorum at each rung, ASHA without its chance floor).
+factors and brackets, Optuna's GP sampler, ASHA with a quorum at each rung, ASHA without its chance floor,
+a third of the trials drawn at random between TPE's).
 Per method: the best validation score (mean and sd over seeds), the trial-epochs it needs to reach random
 search's final best on each seed, and wall time.
 
@@ -88,6 +89,13 @@ METHODS = {
     "tpe-independent-factor-2": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
                                                      reduction_factor=2)),
     "tpe-independent-quorum": ("tpe", "quorum", tpe(multivariate=False, constant_liar=False)),
+    "tpe-independent-random-third": ("tpe", "asha", tpe(multivariate=False, constant_liar=False,
+                                                        random_fraction=1 / 3)),
+    "tpe-independent-latin-random-third": ("tpe", "asha", tpe(multivariate=False, constant_liar=False,
+                                                              startup_design="latin_hypercube", random_fraction=1 / 3)),
+    "tpe-independent-factor-4": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
+                                                     reduction_factor=4)),
+    "tpe-independent-grace-1": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False}, grace_period=1)),
     "asha-random-quorum": ("random", "quorum", None),
     "tpe-independent-value": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, stopped="value")),
     "tpe-independent-value-quorum": ("tpe", "quorum", tpe(multivariate=False, constant_liar=False, stopped="value")),

@@ -132,3 +132,21 @@ def test_the_search_sets_the_floor_from_its_validation_labels_unless_the_space_t
     path.write_text(text.replace("scheduler: {", "scheduler: {stop_at_chance: false, "))
     off = effective_space(load_space(str(path)), opts)
     assert make_scheduler(off, data)._floor is None and search_settings(off, opts)["stop_at_chance"] is False
+
+
+def test_a_trial_stopped_at_chance_says_so_in_its_end_reason():
+    from tuner.asha import Floor
+    from tuner.search import end_reason
+
+    floor = Floor("val_accuracy", "max", 0.1245)
+    at_chance = {"epoch": 2, "val_accuracy": 0.1100}
+    assert end_reason(None, at_chance, 2, 3, 10, floor) == (
+        "stopped by ASHA at chance level at epoch 2 (val_accuracy 0.1100, chance floor 0.1245)")
+    assert end_reason(None, at_chance, 2, 3, 10) == "stopped by ASHA at epoch 2 (rung 0)"        # no floor given
+    learned = {**at_chance, "val_accuracy": 0.6}
+    assert end_reason(None, learned, 2, 3, 10, floor) == "stopped by ASHA at epoch 2 (rung 0)"
+    assert end_reason(None, {**at_chance, "epoch": 1}, 2, 3, 10, floor) == "stopped by ASHA at epoch 1"  # before grace
+    assert end_reason(None, {**at_chance, "epoch": 10}, 2, 3, 10, floor) == "completed"
+    loss = Floor("val_loss", "min", 2.25)
+    assert end_reason(None, {"epoch": 1, "val_loss": 2.3}, 1, 3, 9, loss).startswith("stopped by ASHA at chance level")
+    assert end_reason(None, {"epoch": 1, "val_loss": 0.9}, 1, 3, 9, loss) == "stopped by ASHA at epoch 1 (rung 0)"

@@ -1,16 +1,19 @@
-"""The start-up design of tuner.sampling: a Latin hypercube queued in the searcher's Optuna study."""
+"""tuner.sampling: the start-up design (a Latin hypercube queued in the searcher's Optuna study) and
+random trials interleaved with TPE's."""
 
 from __future__ import annotations
 
 import math
+import pickle
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tuner.errors import UserError
-from tuner.sampling import latin_hypercube
+from tuner.sampling import InterleavedSampler, SearcherSettings, latin_hypercube, make_sampler
 from tuner.search import SearchOptions, effective_space, make_searcher, search_settings
 from tuner.spaces import find_space, load_space
 
@@ -74,4 +77,49 @@ def test_an_unknown_design_is_one_line_naming_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(Path(find_space("quickstart")).read_text() + "searcher: {startup_design: sobol}\n")
     with pytest.raises(UserError, match=r"searcher.startup_design: 'sobol' is not allowed; use one of: random, "):
+        load_space(str(path))
+
+
+def best_at_two(trial) -> float:
+    """Best at k = 2 and x = 0.1: TPE, once it has seen that, draws k = 2 nearly always."""
+    x, k = trial.suggest_float("x", 0.0, 1.0), trial.suggest_categorical("k", [1, 2, 3, 4, 5])
+    return -abs(x - 0.1) - (k != 2)
+
+
+def study_with(random_fraction: float, trials: int = 45) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(SearcherSettings(startup_trials=5, random_fraction=random_fraction), 0, trials)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.optimize(best_at_two, n_trials=trials)
+    return study
+
+
+def test_a_random_fraction_draws_every_third_trial_at_random_and_tpe_the_rest():
+    study = study_with(1 / 3)
+    sampler = study.sampler
+    assert isinstance(sampler, InterleavedSampler)
+    after_start = study.trials[5:]
+    drawn = [t for t in after_start if sampler.is_random(t)]
+    modelled = [t for t in after_start if not sampler.is_random(t)]
+    assert [t.number for t in drawn] == list(range(5, 45, 3))                  # trials 5, 8, 11, ...: one in three
+    # TPE's own trials favour k = 2 (0.73 of them); the interleaved draws spread over all five values
+    # (0.29 at k = 2, where a fifth is uniform).
+    share = {name: sum(t.params["k"] == 2 for t in trials) / len(trials)
+             for name, trials in (("modelled", modelled), ("drawn", drawn))}
+    assert share["modelled"] > 2 * share["drawn"], share
+    assert len({t.params["k"] for t in drawn}) == 5
+    assert not isinstance(study_with(0.0, trials=6).sampler, InterleavedSampler)    # 0: TPE alone
+    # A search's saved state pickles the sampler with the study; a restored one goes on drawing.
+    restored = pickle.loads(pickle.dumps(study))
+    restored.optimize(best_at_two, n_trials=3)
+    assert len(restored.trials) == 48
+
+
+def test_a_space_sets_the_random_fraction_and_the_run_records_it(tmp_path):
+    searcher, settings = searcher_for(tmp_path, "searcher: {random_fraction: 0.25}\n")
+    assert settings["random_fraction"] == 0.25
+    assert isinstance(searcher._ot_study.sampler, InterleavedSampler)
+    path = tmp_path / "bad.yaml"
+    path.write_text(Path(find_space("quickstart")).read_text() + "searcher: {random_fraction: 1.5}\n")
+    with pytest.raises(UserError, match=r"searcher.random_fraction: 1.5 is out of range: random_fraction must be in"):
         load_space(str(path))

@@ -60,6 +60,22 @@ def test_quickstart_writes_a_parent_run_and_a_nested_run_per_trial(quickstart):
 
 
 @pytest.mark.slow
+def test_a_network_that_learns_nothing_is_stopped_at_chance_and_its_run_says_so(ray_session, tmp_path):
+    space = tmp_path / "still.yaml"
+    space.write_text("description: a learning rate too small to learn\ndataset: digits\nmodel: convnet\n"
+                     "search:\n  lr: {loguniform: [1.0e-9, 1.0e-2]}\nstart:\n  - {lr: 1.0e-9}\n  - {lr: 0.01}\n"
+                     "scheduler: {max_epochs: 3, grace_period: 1}\nnum_samples: 2\n")
+    assert main(search_args(tmp_path, "--space", str(space), "--name", "still")) == 0
+    board = pd.read_csv(tmp_path / "ray_results" / "still" / "leaderboard.csv").set_index("lr")
+    assert board.loc[1e-9, "epochs"] == 1
+    assert board.loc[1e-9, "end_reason"].startswith("stopped by ASHA at chance level at epoch 1 (val_accuracy 0.")
+    assert board.loc[0.01, "end_reason"] == "completed"
+    _, _, children = runs_of(tmp_path / "mlflow.db", "still")
+    reasons = {float(c.data.params["lr"]): c.data.tags["tuner.end_reason"] for c in children}
+    assert reasons[1e-9] == board.loc[1e-9, "end_reason"] and reasons[0.01] == "completed"
+
+
+@pytest.mark.slow
 def test_an_impossible_architecture_does_not_stop_the_search(ray_session, tmp_path):
     space = tmp_path / "deep.yaml"
     space.write_text("description: depth 4 cannot fit 8x8\ndataset: digits\nmodel: convnet\n"

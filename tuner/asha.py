@@ -28,6 +28,7 @@ and leaves it out of the rung's record, so that the trials that did learn are ra
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler
@@ -56,6 +57,22 @@ def chance_floor(val_labels: np.ndarray, metric: str) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class Floor:
+    """A chance floor: ``value`` of ``metric``, where ``mode`` says which way is better."""
+
+    metric: str
+    mode: str
+    value: float
+
+    def reached_by(self, result: dict) -> bool:
+        """The result's score is no better than the floor (a result without the metric is not)."""
+        score = result.get(self.metric)
+        if score is None:
+            return False
+        return score <= self.value if self.mode == "max" else score >= self.value
+
+
 class ChanceFloorASHA(ASHAScheduler):
     """``ASHAScheduler`` that also stops, from ``grace_period`` on, a trial whose score is not better than
     ``floor`` (in the metric's units; None: Ray's ASHA unchanged) and records it at no rung."""
@@ -68,8 +85,7 @@ class ChanceFloorASHA(ASHAScheduler):
     def at_chance(self, result: dict) -> bool:
         if self._floor is None or result.get(self._time_attr, 0) < self._grace:
             return False
-        score = result.get(self._metric)
-        return score is not None and self._metric_op * score <= self._metric_op * self._floor
+        return Floor(self._metric, "max" if self._metric_op > 0 else "min", self._floor).reached_by(result)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if self._metric in result and self.at_chance(result):

@@ -12,12 +12,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from tuner.asha import Floor
 from tuner.data import TrialData, load_part, prepare_trial_data, resolve_data_dir
 from tuner.errors import UserError
 from tuner.guards import DriverLock, check_name, prepare_storage, redact, redact_all, unique_name
 from tuner.limits import check_flags
 from tuner.pretrained import resolve_pretrained
-from tuner.search import SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_settings
+from tuner.search import (SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_floor,
+                          search_settings)
 from tuner.spaces import Space, load_space, parse_override
 from tuner.stopping import GracefulStop
 from tuner.timing import Timings
@@ -56,9 +58,11 @@ def make_tuner(args, space: Space, data: TrialData, opts: SearchOptions):
                               resume_unfinished=True, resume_errored=True)
 
 
-def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, datasets: list) -> Tracking:
+def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, datasets: list,
+                   floor: Floor | None = None) -> Tracking:
     """The search's MLflow run (created, or adopted on --resume) and the callback for its trials' runs;
-    ``datasets``: the training and validation splits, on the search's run and every trial's."""
+    ``datasets``: the training and validation splits, on the search's run and every trial's; ``floor``:
+    the search's chance floor, named in the end reason of a trial ASHA stopped at it."""
     from tuner.tracking import TrialRuns, log_datasets, start_search_run
 
     command = shlex.join(["python -m tuner.run", *sys.argv[1:]]) if sys.argv[0].endswith("run.py") else \
@@ -74,7 +78,7 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, da
     mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id}
     (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
     callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs),
-                         datasets)
+                         datasets, floor)
     return Tracking(uri, experiment_id, run_id, callback)
 
 
@@ -184,7 +188,8 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
             opts.full_output = args.verbose
             check_multi_node(opts.storage_path, uri)
             eff = effective_space(space, opts)
-            tracking = start_tracking(args, uri, client, eff, opts, split_inputs(data, data_dir))
+            tracking = start_tracking(args, uri, client, eff, opts, split_inputs(data, data_dir),
+                                      search_floor(eff, data))
             opts.callbacks = [tracking.trial_runs]
         with timings.phase("search"), stop.searching():
             results = make_tuner(args, space, data, opts).fit()

@@ -74,6 +74,7 @@ SETTINGS: dict[str, Range] = {
     # a space's top level and sections
     "num_samples": COUNT, "val_fraction": Range(0, 1, False, False), "cpu": above(0), "gpu": at_least(0),
     "grace_period": COUNT, "reduction_factor": at_least(2), "brackets": Range(1, 8), "startup_trials": at_least(0),
+    "random_fraction": fraction(high_included=True),
 }
 
 FLAGS: dict[str, Range] = {

@@ -10,7 +10,7 @@ from tuner.data import ImageSet, TrialData
 from tuner.evaluation import load_trial_model, score
 from tuner.guards import redact
 from tuner.plots import learning_curves
-from tuner.search import SearchOptions
+from tuner.search import SearchOptions, search_floor
 from tuner.spaces import Space
 from tuner.summary import epoch_history, front_rows, leaderboard, print_summary, trial_id_of, where
 from tuner.tracking import FAILED, Tracking, close_lost_runs, finish_search_run, log_test_score
@@ -100,7 +100,7 @@ def tag_front(tracking: Tracking, scored) -> str:
 
 def conclude(results, space: Space, data: TrialData, test_set: ImageSet, opts: SearchOptions,
              tracking: Tracking, top_k: int = 1) -> int:
-    board = leaderboard(results, space)
+    board = leaderboard(results, space, search_floor(space, data))
     folder = opts.outcome_dir
     board.to_csv(folder / "leaderboard.csv", index=False)
     scored = board[board[f"best_{space.metric}"].notna() & (board["epochs"] > 0)] if len(board) else board

@@ -18,7 +18,8 @@ from tuner.checker import SpaceChecker
 STOPPED = ("pruned", "value")   # how a trial ASHA stopped is told to the sampler
 SAMPLERS = ("tpe", "gp")         # Optuna's TPESampler, or its GPSampler (Gaussian-process Bayesian optimisation)
 DESIGNS = ("random", "latin_hypercube")   # how the start-up trials are drawn
-SEARCHER_KEYS = ("sampler", "multivariate", "constant_liar", "startup_trials", "startup_design", "stopped")
+SEARCHER_KEYS = ("sampler", "multivariate", "constant_liar", "startup_trials", "startup_design", "random_fraction",
+                 "stopped")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class SearcherSettings:
     # range where the distribution is log) and take each slice once, so every value of a choice is tried
     # about equally often before TPE models the results; "random": independent draws, as Optuna does.
     startup_design: str = "random"
+    # After the start-up, this share of the trials is drawn at random instead of from TPE's model (every
+    # third one at 1/3, as BOHB does): TPE alone, once it has found a good region, samples only near it.
+    random_fraction: float = 0.0
     # "pruned": a trial ASHA stopped ranks below every trial that ran to the end (by how far it got, then
     # its score); "value": it counts as complete with the best score it reached before the stop.
     stopped: str = "pruned"
@@ -63,6 +67,9 @@ def check_searcher(section: dict, c: SpaceChecker) -> SearcherSettings:
     if section.get("startup_trials") is not None:
         key = "searcher.startup_trials"
         out["startup_trials"] = c.in_range(key, "startup_trials", c.number(key, section["startup_trials"], int))
+    if section.get("random_fraction") is not None:
+        key = "searcher.random_fraction"
+        out["random_fraction"] = c.in_range(key, "random_fraction", c.number(key, section["random_fraction"]))
     for key, allowed in (("stopped", STOPPED), ("sampler", SAMPLERS), ("startup_design", DESIGNS)):
         if key in section:
             out[key] = c.one_of(f"searcher.{key}", section[key], allowed)
@@ -70,13 +77,51 @@ def check_searcher(section: dict, c: SpaceChecker) -> SearcherSettings:
 
 
 def make_sampler(settings: SearcherSettings, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
-    """Optuna's TPE or GP with the space's settings. Every trial samples every setting (Ray passes the space
-    as one flat set of distributions), so TPE's ``group`` option would change nothing and is not offered."""
+    """Optuna's TPE or GP with the space's settings, every ``1/random_fraction``-th trial drawn at random.
+    Every trial samples every setting (Ray passes the space as one flat set of distributions), so TPE's
+    ``group`` option would change nothing and is not offered."""
     if settings.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=settings.startup(num_samples),
-                                         warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup(num_samples),
-                                      multivariate=settings.multivariate, constant_liar=settings.constant_liar)
+        model = optuna.samplers.GPSampler(seed=seed, n_startup_trials=settings.startup(num_samples),
+                                          warn_independent_sampling=False)
+    else:
+        model = optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.startup(num_samples),
+                                           multivariate=settings.multivariate, constant_liar=settings.constant_liar)
+    return InterleavedSampler(model, settings.random_fraction, seed) if settings.random_fraction else model
+
+
+class InterleavedSampler(optuna.samplers.BaseSampler):
+    """``model`` (TPE or GP), except that a ``fraction`` of the trials, spread evenly over trial numbers,
+    are drawn by Optuna's RandomSampler: random interleaving, as BOHB mixes a third of random
+    configurations into its model's. The model still learns from every trial's result."""
+
+    def __init__(self, model: optuna.samplers.BaseSampler, fraction: float, seed: int | None):
+        self._model, self._fraction = model, fraction
+        # Another seed than the model's own random sampler (its start-up draws), so the draws differ.
+        self._random = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 1)
+
+    def is_random(self, trial: optuna.trial.FrozenTrial) -> bool:
+        n = trial.number      # numbers n where floor((n + 1) * fraction) steps up: every third at 1/3
+        return math.floor((n + 1) * self._fraction) > math.floor(n * self._fraction)
+
+    def infer_relative_search_space(self, study, trial):
+        return {} if self.is_random(trial) else self._model.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return {} if self.is_random(trial) else self._model.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        sampler = self._random if self.is_random(trial) else self._model
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._model.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._model.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._model.reseed_rng()
+        self._random.reseed_rng()
 
 
 def latin_hypercube(distributions: dict[str, BaseDistribution], n: int, seed: int) -> list[dict]:

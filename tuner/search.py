@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.asha import ChanceFloorASHA, QuorumASHA, chance_floor, quorum_epochs
+from tuner.asha import ChanceFloorASHA, Floor, QuorumASHA, chance_floor, quorum_epochs
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
 from tuner.sampling import latin_hypercube, make_sampler
@@ -192,13 +192,20 @@ def make_searcher(space: Space, opts: SearchOptions):
     return searcher
 
 
+def search_floor(space: Space, data: TrialData | None) -> Floor | None:
+    """The chance floor ASHA stops trials at in this search: from its validation labels, unless the space
+    turns it off or its metric has none."""
+    value = chance_floor(data.labels[data.val_idx], space.metric) if data and space.stop_at_chance else None
+    return None if value is None else Floor(space.metric, space.mode, value)
+
+
 def make_scheduler(space: Space, data: TrialData | None = None) -> ASHAScheduler:
     """ASHA with the space's settings; with ``data``, and unless the space turns it off, trials still at
     chance level on its validation images are stopped from the grace period on (tuner.asha)."""
     # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
-    floor = chance_floor(data.labels[data.val_idx], space.metric) if data and space.stop_at_chance else None
+    floor = search_floor(space, data)
     common = dict(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
-                  reduction_factor=space.reduction_factor, brackets=space.brackets, floor=floor)
+                  reduction_factor=space.reduction_factor, brackets=space.brackets, floor=floor and floor.value)
     if space.quorum:
         return QuorumASHA(**common, num_samples=space.num_samples)
     return ChanceFloorASHA(**common)
@@ -330,8 +337,10 @@ def asha_rung(epoch: int, grace: int, factor: int) -> int | None:
     return k if milestone == epoch else None
 
 
-def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epochs: int) -> str:
-    """Why a trial ended: an error, its own word (completed, early-stopped, invalid), or ASHA's stop."""
+def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epochs: int,
+               floor: Floor | None = None) -> str:
+    """Why a trial ended: an error, its own word (completed, early-stopped, invalid), or ASHA's stop; with
+    the search's chance ``floor``, ASHA's stop of a network no better than chance says so."""
     if error:
         lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
         return f"failed: {lines[-1].strip()[:300] if lines else 'error'}"
@@ -339,6 +348,9 @@ def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epoch
         return last["end_reason"]
     epoch = int(last.get("epoch", 0) or 0)
     if 0 < epoch < max_epochs:
+        if floor and epoch >= grace and floor.reached_by(last):
+            return (f"stopped by ASHA at chance level at epoch {epoch} ({floor.metric} {last[floor.metric]:.4f}, "
+                    f"chance floor {floor.value:.4f})")
         rung = asha_rung(epoch, grace, factor)
         return f"stopped by ASHA at epoch {epoch}" + (f" (rung {rung})" if rung is not None else "")
     return "completed" if epoch >= max_epochs else "stopped before its first epoch"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ResultGrid
 
+from tuner.asha import Floor
 from tuner.pareto import front
 from tuner.reference import comparison, reference_figures
 from tuner.search import end_reason
@@ -52,10 +53,11 @@ def last_result(result) -> dict:
     return metrics if metrics.get("trial_id") in (None, trial_id_of(result)) else {}
 
 
-def leaderboard(results: ResultGrid, space: Space) -> pd.DataFrame:
+def leaderboard(results: ResultGrid, space: Space, floor: Floor | None = None) -> pd.DataFrame:
     """One row per trial, best first: its searched settings, best score, what its network costs, epochs run
     and why it ended. A multi-objective search's rows are ranked by its objectives in order, and its Pareto
-    front is named in the ``pareto`` column (pareto-1 is the best first objective)."""
+    front is named in the ``pareto`` column (pareto-1 is the best first objective). ``floor``: the search's
+    chance floor, so that a trial ASHA stopped at chance level says so."""
     metric = space.metric
     costs = [*SHOWN_COSTS, *(m for m, _ in space.objectives[1:] if m not in SHOWN_COSTS)]
     rows = []
@@ -69,7 +71,7 @@ def leaderboard(results: ResultGrid, space: Space) -> pd.DataFrame:
         row.update(reference_figures(r.config or {}, space.reference))   # the report's figure for this setting
         row.update({"best_epoch": best_epoch, "epochs": int(last.get("epoch", 0) or 0),
                     "end_reason": end_reason(str(r.error) if r.error else None, last, space.grace_period,
-                                             space.reduction_factor, space.max_epochs)})
+                                             space.reduction_factor, space.max_epochs, floor)})
         rows.append(row)
     board = pd.DataFrame(rows)
     if board.empty:
