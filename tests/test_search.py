@@ -59,14 +59,19 @@ def test_quickstart_writes_a_parent_run_and_a_nested_run_per_trial(quickstart):
         assert child.data.tags["tuner.end_reason"]
 
 
+def search_board(tmp_path, name: str, space_text: str) -> pd.DataFrame:
+    """Run a search of a small digits space written here to the end; its leaderboard."""
+    space = tmp_path / f"{name}.yaml"
+    space.write_text("dataset: digits\nmodel: convnet\n" + space_text)
+    assert main(search_args(tmp_path, "--space", str(space), "--name", name)) == 0
+    return pd.read_csv(tmp_path / "ray_results" / name / "leaderboard.csv")
+
+
 @pytest.mark.slow
 def test_a_network_that_learns_nothing_is_stopped_at_chance_and_its_run_says_so(ray_session, tmp_path):
-    space = tmp_path / "still.yaml"
-    space.write_text("description: a learning rate too small to learn\ndataset: digits\nmodel: convnet\n"
-                     "search:\n  lr: {loguniform: [1.0e-9, 1.0e-2]}\nstart:\n  - {lr: 1.0e-9}\n  - {lr: 0.01}\n"
-                     "scheduler: {max_epochs: 3, grace_period: 1}\nnum_samples: 2\n")
-    assert main(search_args(tmp_path, "--space", str(space), "--name", "still")) == 0
-    board = pd.read_csv(tmp_path / "ray_results" / "still" / "leaderboard.csv").set_index("lr")
+    board = search_board(tmp_path, "still", "description: a learning rate too small to learn\n"
+                         "search:\n  lr: {loguniform: [1.0e-9, 1.0e-2]}\nstart:\n  - {lr: 1.0e-9}\n  - {lr: 0.01}\n"
+                         "scheduler: {max_epochs: 3, grace_period: 1}\nnum_samples: 2\n").set_index("lr")
     assert board.loc[1e-9, "epochs"] == 1
     assert board.loc[1e-9, "end_reason"].startswith("stopped by ASHA at chance level at epoch 1 (val_accuracy 0.")
     assert board.loc[0.01, "end_reason"] == "completed"
@@ -77,12 +82,9 @@ def test_a_network_that_learns_nothing_is_stopped_at_chance_and_its_run_says_so(
 
 @pytest.mark.slow
 def test_an_impossible_architecture_does_not_stop_the_search(ray_session, tmp_path):
-    space = tmp_path / "deep.yaml"
-    space.write_text("description: depth 4 cannot fit 8x8\ndataset: digits\nmodel: convnet\n"
-                     "search:\n  depth: {choice: [2, 4]}\nstart:\n  - {depth: 4}\n  - {depth: 2}\n"
-                     "scheduler: {max_epochs: 1}\nnum_samples: 3\n")
-    assert main(search_args(tmp_path, "--space", str(space), "--name", "deep")) == 0
-    board = pd.read_csv(tmp_path / "ray_results" / "deep" / "leaderboard.csv")
+    board = search_board(tmp_path, "deep", "description: depth 4 cannot fit 8x8\n"
+                         "search:\n  depth: {choice: [2, 4]}\nstart:\n  - {depth: 4}\n  - {depth: 2}\n"
+                         "scheduler: {max_epochs: 1}\nnum_samples: 3\n")
     invalid = board[board["end_reason"].str.startswith("invalid architecture")]
     assert len(invalid) >= 1 and (invalid["depth"] == 4).all()
     assert (board["end_reason"] == "completed").any()
