@@ -3,7 +3,8 @@ FIFO random search (every trial to max_epochs), ASHA with random search, and ASH
 space's searcher settings and with each alternative (independent TPE, no constant liar, ASHA-stopped
 trials told as values, fewer start-up trials, a Latin-hypercube start, other grace periods, reduction
 factors and brackets, Optuna's GP sampler, ASHA with a quorum at each rung, ASHA without its chance floor,
-a third of the trials drawn at random between TPE's).
+a third of the trials drawn at random between TPE's, ASHA with Hyperband's brackets, and Optuna's median and
+Hyperband pruners instead of ASHA).
 Per method: the best validation score (mean and sd over seeds), the trial-epochs it needs to reach random
 search's final best on each seed, and wall time.
 
@@ -96,6 +97,11 @@ METHODS = {
     "tpe-independent-factor-4": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
                                                      reduction_factor=4)),
     "tpe-independent-grace-1": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False}, grace_period=1)),
+    "tpe-independent-hyperband-3": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False}, brackets=3)),
+    "tpe-independent-median-pruner": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
+                                                          pruner="median")),
+    "tpe-independent-hyperband-pruner": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
+                                                             pruner="hyperband")),
     "asha-random-quorum": ("random", "quorum", None),
     "tpe-independent-value": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, stopped="value")),
     "tpe-independent-value-quorum": ("tpe", "quorum", tpe(multivariate=False, constant_liar=False, stopped="value")),

@@ -59,11 +59,12 @@ def test_quickstart_writes_a_parent_run_and_a_nested_run_per_trial(quickstart):
         assert child.data.tags["tuner.end_reason"]
 
 
-def search_board(tmp_path, name: str, space_text: str) -> pd.DataFrame:
-    """Run a search of a small digits space written here to the end; its leaderboard."""
+def search_board(tmp_path, name: str, space_text: str, *args: str) -> pd.DataFrame:
+    """Run a search of a small digits space written here to the end (``args``: more of the command line);
+    its leaderboard."""
     space = tmp_path / f"{name}.yaml"
     space.write_text("dataset: digits\nmodel: convnet\n" + space_text)
-    assert main(search_args(tmp_path, "--space", str(space), "--name", name)) == 0
+    assert main(search_args(tmp_path, "--space", str(space), "--name", name, *args)) == 0
     return pd.read_csv(tmp_path / "ray_results" / name / "leaderboard.csv")
 
 

@@ -102,6 +102,19 @@ class ChanceFloorASHA(ASHAScheduler):
         return super().on_trial_complete(tune_controller, trial, result)
 
 
+    def saved_state(self) -> dict:
+        """The rung records and the stop count (``search.SchedulerState`` carries them across a restore)."""
+        return {"rungs": [[dict(recorded) for _, recorded in bracket._rungs] for bracket in self._brackets],
+                "num_stopped": self._num_stopped}
+
+    def restore_state(self, state: dict) -> None:
+        for bracket, saved in zip(self._brackets, state["rungs"]):
+            for (_, recorded), values in zip(bracket._rungs, saved):
+                recorded.clear()
+                recorded.update(values)
+        self._num_stopped = state["num_stopped"]
+
+
 class _QuorumBracket(_Bracket):
     quorum_milestones: frozenset = frozenset()
 
@@ -136,6 +149,7 @@ def quorum_milestones(bracket: _Bracket, share: float, num_samples: int | None) 
             if num_samples * share * first / m >= QUORUM_ARRIVALS * bracket.rf]
 
 
-def quorum_epochs(scheduler: ASHAScheduler) -> list[int]:
+def quorum_epochs(scheduler) -> list[int]:
     """The epochs where a rung of this scheduler waits for a quorum (none for Ray's own ASHA)."""
-    return sorted({m for b in scheduler._brackets for m in getattr(b, "quorum_milestones", ())})
+    brackets = getattr(scheduler, "_brackets", ())   # an Optuna pruner has none
+    return sorted({m for b in brackets for m in getattr(b, "quorum_milestones", ())})

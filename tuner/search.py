@@ -3,8 +3,8 @@
 ``SearchOptions`` gathers what the command line decides; ``build_tuner`` assembles Ray's own pieces
 (Tuner, TuneConfig, RunConfig, CheckpointConfig, FailureConfig, OptunaSearch, ASHAScheduler,
 with_parameters, with_resources). Its own: the trainable, how a trial's end is told to TPE
-(``FidelityAwareOptuna``, which also queues a Latin-hypercube start) and ASHA's chance floor and quorum
-(tuner.asha).
+(``FidelityAwareOptuna``, which also queues a Latin-hypercube start), ASHA's chance floor and quorum
+(tuner.asha), and Optuna's pruners as the scheduler instead of ASHA (tuner.pruning).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.asha import ChanceFloorASHA, Floor, QuorumASHA, chance_floor, quorum_epochs
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
+from tuner.pruning import PRUNER_CLASSES, OptunaPruning
 from tuner.sampling import latin_hypercube, make_sampler
 from tuner.spaces import Space
 from tuner.trial import Reporting, train_trial
@@ -199,11 +200,15 @@ def search_floor(space: Space, data: TrialData | None) -> Floor | None:
     return None if value is None else Floor(space.metric, space.mode, value)
 
 
-def make_scheduler(space: Space, data: TrialData | None = None) -> ASHAScheduler:
-    """ASHA with the space's settings; with ``data``, and unless the space turns it off, trials still at
-    chance level on its validation images are stopped from the grace period on (tuner.asha)."""
-    # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
+def make_scheduler(space: Space, data: TrialData | None = None) -> TrialScheduler:
+    """ASHA with the space's settings (or the Optuna pruner its ``scheduler.pruner`` names); with ``data``,
+    and unless the space turns it off, trials still at chance level on its validation images are stopped
+    from the grace period on (tuner.asha)."""
     floor = search_floor(space, data)
+    if space.pruner != "asha":
+        return OptunaPruning(space.pruner, space.metric, space.mode, space.grace_period, space.reduction_factor,
+                             space.max_epochs, floor=floor and floor.value)
+    # time_attr "epoch" is the trial's own count, so it is right after a restore from a checkpoint too.
     common = dict(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period,
                   reduction_factor=space.reduction_factor, brackets=space.brackets, floor=floor and floor.value)
     if space.quorum:
@@ -212,33 +217,31 @@ def make_scheduler(space: Space, data: TrialData | None = None) -> ASHAScheduler
 
 
 class SchedulerState(tune.Callback):
-    """Carries ASHA's rung records (the score each trial had at each milestone) across a restore.
+    """Carries the scheduler's records across a restore: ASHA's rungs (the score each trial had at each
+    milestone), or an Optuna pruner's study.
 
     Ray snapshots the searcher's and the callbacks' state with the experiment, but not the scheduler's:
     ``Tuner.restore`` brings back the scheduler as it was pickled when the search started, with empty
-    rungs, and it would then cut trials against a partial record. This callback holds a reference to the
+    records, and it would then cut trials against a partial record. This callback holds a reference to the
     scheduler (pickled together with it, so the reference survives the restore) and saves and restores the
     records as its own state.
     """
 
-    def __init__(self, scheduler: ASHAScheduler):
+    def __init__(self, scheduler: ChanceFloorASHA | OptunaPruning):
         self.scheduler = scheduler
 
     def get_state(self) -> dict:
-        rungs = [[dict(recorded) for _, recorded in bracket._rungs] for bracket in self.scheduler._brackets]
-        return {"rungs": rungs, "num_stopped": self.scheduler._num_stopped}
+        return self.scheduler.saved_state()
 
     def set_state(self, state: dict) -> None:
-        for bracket, saved in zip(self.scheduler._brackets, state["rungs"]):
-            for (_, recorded), values in zip(bracket._rungs, saved):
-                recorded.clear()
-                recorded.update(values)
-        self.scheduler._num_stopped = state["num_stopped"]
+        self.scheduler.restore_state(state)
 
 
 def trial_reporting(space: Space) -> Reporting:
     """When trials report: at ASHA's rungs (its milestones before max_epochs), at their end, and at least
     every REPORT_SECONDS."""
+    if space.pruner != "asha":
+        return Reporting()   # every epoch: an Optuna pruner may decide at any of them
     rungs = asha_milestones(space.grace_period, space.reduction_factor, space.max_epochs)[:-1]
     return Reporting(tuple(rungs), REPORT_SECONDS)
 
@@ -267,7 +270,7 @@ def progress_table(space: Space, opts: SearchOptions) -> tune.ProgressReporter:
                             max_report_frequency=15, max_progress_rows=12)
 
 
-def tune_config(space: Space, opts: SearchOptions, scheduler: ASHAScheduler) -> tune.TuneConfig:
+def tune_config(space: Space, opts: SearchOptions, scheduler: TrialScheduler) -> tune.TuneConfig:
     return tune.TuneConfig(
         metric=space.metric, mode=space.mode, search_alg=make_searcher(space, opts),
         scheduler=scheduler, num_samples=1 if opts.grid else space.num_samples,
@@ -309,7 +312,8 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
         "space": space.name, "space_file": str(space.path), "dataset": space.dataset, "model": space.model,
         "metric": space.metric, "mode": space.mode, "val_fraction": space.val_fraction, "seed": opts.seed,
         "num_samples": space.num_samples, **searcher,
-        "scheduler": "ASHAScheduler", "time_attr": "epoch", "max_t": space.max_epochs,
+        "scheduler": "ASHAScheduler" if space.pruner == "asha" else f"OptunaPruning ({PRUNER_CLASSES[space.pruner]})",
+        "pruner": space.pruner, "time_attr": "epoch", "max_t": space.max_epochs,
         "grace_period": space.grace_period, "reduction_factor": space.reduction_factor, "brackets": space.brackets,
         "quorum": space.quorum, "quorum_epochs": quorum_epochs(make_scheduler(space)),
         "stop_at_chance": space.stop_at_chance,
@@ -337,10 +341,16 @@ def asha_rung(epoch: int, grace: int, factor: int) -> int | None:
     return k if milestone == epoch else None
 
 
+def stopper(space: Space) -> str:
+    """Who stops trials early in this space's searches, as end reasons name it."""
+    return "ASHA" if space.pruner == "asha" else f"Optuna's {PRUNER_CLASSES[space.pruner]}"
+
+
 def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epochs: int,
-               floor: Floor | None = None) -> str:
-    """Why a trial ended: an error, its own word (completed, early-stopped, invalid), or ASHA's stop; with
-    the search's chance ``floor``, ASHA's stop of a network no better than chance says so."""
+               floor: Floor | None = None, by: str = "ASHA") -> str:
+    """Why a trial ended: an error, its own word (completed, early-stopped, invalid), or the scheduler's
+    stop (``by``: ASHA, or an Optuna pruner); with the search's chance ``floor``, a stop of a network no
+    better than chance says so."""
     if error:
         lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
         return f"failed: {lines[-1].strip()[:300] if lines else 'error'}"
@@ -349,8 +359,8 @@ def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epoch
     epoch = int(last.get("epoch", 0) or 0)
     if 0 < epoch < max_epochs:
         if floor and epoch >= grace and floor.reached_by(last):
-            return (f"stopped by ASHA at chance level at epoch {epoch} ({floor.metric} {last[floor.metric]:.4f}, "
+            return (f"stopped by {by} at chance level at epoch {epoch} ({floor.metric} {last[floor.metric]:.4f}, "
                     f"chance floor {floor.value:.4f})")
-        rung = asha_rung(epoch, grace, factor)
-        return f"stopped by ASHA at epoch {epoch}" + (f" (rung {rung})" if rung is not None else "")
+        rung = asha_rung(epoch, grace, factor) if by == "ASHA" else None
+        return f"stopped by {by} at epoch {epoch}" + (f" (rung {rung})" if rung is not None else "")
     return "completed" if epoch >= max_epochs else "stopped before its first epoch"

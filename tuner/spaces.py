@@ -32,7 +32,8 @@ SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
             "num_samples", "resources", "reference", "start", "objectives", "searcher")
-SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets", "quorum", "stop_at_chance")
+SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets", "quorum", "stop_at_chance", "pruner")
+PRUNERS = ("asha", "median", "hyperband")   # who stops trials: Ray's ASHA, or an Optuna pruner (tuner.pruning)
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
@@ -70,6 +71,7 @@ class Space:
     brackets: int = 1                           # ASHA's brackets; more than one is Hyperband's hedge on grace
     quorum: bool = False                        # ASHA promotes nobody until a rung has seen reduction_factor trials
     stop_at_chance: bool = True                 # ASHA stops trials no better than chance from grace_period on
+    pruner: str = "asha"                        # or Optuna's MedianPruner / HyperbandPruner (tuner.pruning)
     num_samples: int = 10
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     val_fraction: float = 0.1
@@ -226,8 +228,13 @@ def _check_scheduler(c: SpaceChecker, raw: dict) -> dict:
             c.fail(f"scheduler.{k}", f"unknown key; allowed: {', '.join(SCHEDULER_KEYS)}")
     switches = {k: c.switch(f"scheduler.{k}", v) for k, v in sched.items() if k in ("quorum", "stop_at_chance")}
     out = {k: c.in_range(f"scheduler.{k}", k, c.number(f"scheduler.{k}", v, int))
-           for k, v in sched.items() if k not in switches}
+           for k, v in sched.items() if k not in switches and k != "pruner"}
     out.update(switches)
+    if "pruner" in sched:
+        out["pruner"] = c.one_of("scheduler.pruner", sched["pruner"], PRUNERS)
+        if out["pruner"] != "asha" and (out.get("quorum") or out.get("brackets", 1) > 1):
+            c.fail("scheduler.pruner", f"quorum and brackets are ASHA's; drop them or use pruner: asha, "
+                                       f"not {out['pruner']}")
     max_epochs, grace = out.get("max_epochs", 10), out.get("grace_period", 1)
     if max_epochs < 1 or grace < 1 or grace > max_epochs:
         c.fail("scheduler", f"need 1 <= grace_period ({grace}) <= max_epochs ({max_epochs})")

@@ -178,15 +178,17 @@ class TrialRuns(Callback):
     _live: dict[str, "TrialRuns"] = {}
     datasets: tuple = ()   # what a callback pickled before trials carried datasets has
     floor = None           # and before end reasons named the chance floor
+    stopper = "ASHA"       # and before a search could stop trials by an Optuna pruner
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, asha: tuple[int, int, int],
-                 datasets: list | None = None, floor: Floor | None = None):
+                 datasets: list | None = None, floor: Floor | None = None, stopper: str = "ASHA"):
         self.mlflow = SafeClient(uri)
         self.datasets = tuple(datasets or ())   # every trial's train and validation split (tuner.data_inputs)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.asha = asha                       # (grace_period, reduction_factor, max_epochs)
         self.floor = floor                     # the search's chance floor (tuner.asha), for end reasons
+        self.stopper = stopper                 # who stops trials early: ASHA, or an Optuna pruner
         self.runs: dict[str, str] = {}         # trial id -> run id
         self.logged: dict[str, int] = {}       # run id -> last epoch logged
         self.nodes: dict[str, str] = {}        # run id -> Ray node that last ran the trial
@@ -249,7 +251,7 @@ class TrialRuns(Callback):
         if run_id is None:
             return
         reason = end_reason(getattr(trial, "error_msg", None) if trial.status == "ERROR" else None,
-                            trial.last_result or {}, *self.asha, self.floor)
+                            trial.last_result or {}, *self.asha, self.floor, self.stopper)
         tags = [RunTag("tuner.end_reason", reason), RunTag("tuner.status", trial.status)]
         self.mlflow.call(f"end of trial {trial.trial_id}", "log_batch", run_id, tags=tags)
         self.mlflow.call(f"end of trial {trial.trial_id}", "set_terminated", run_id, status=status)

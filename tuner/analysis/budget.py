@@ -107,9 +107,13 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
     rungs.to_csv(out / "budget_rungs.csv", index=False)
     fifo.to_csv(out / "budget_fifo.csv", index=False)
     times.to_csv(out / "trial_times.csv", index=False)
-    section = Section("budget", "What the search spent",
-                      f"ASHA (grace period {s.grace_period}, reduction factor {s.reduction_factor}, max_t {s.max_t}) "
-                      f"decides at epochs {', '.join(map(str, s.milestones)) or '(none: grace period = max_t)'}. "
+    decides = (f"ASHA (grace period {s.grace_period}, reduction factor {s.reduction_factor}, max_t {s.max_t}) "
+               f"decides at epochs {', '.join(map(str, s.milestones)) or '(none: grace period = max_t)'}. ")
+    if s.pruner != "asha":
+        decides = (f"Optuna's {s.pruner} pruner decides at every epoch from the grace period ({s.grace_period}) "
+                   f"to max_t ({s.max_t}); the stretches below end at the epochs ASHA would decide at, for "
+                   f"comparison, and its \"stopped by ASHA\" counts the trials the pruner stopped. ")
+    section = Section("budget", "What the search spent", decides +
                       f"Trial-epochs are epochs trained, summed over trials. Device-seconds are each trial's wall "
                       f"time times its share of devices ({s.device_share:g} per trial: {s.device_unit}).")
     for name in ("budget_rungs.csv", "budget_fifo.csv", "trial_times.csv"):

@@ -23,8 +23,9 @@ from tuner.costs import COST_METRICS
 from tuner.pareto import parse_objectives
 from tuner.spaces import DISTRIBUTIONS
 
-# Why a trial ended (its tuner.end_reason tag starts with the text) -> a short outcome.
-OUTCOMES = {"completed": "completed", "stopped by ASHA": "stopped", "early-stopped by patience": "patience",
+# Why a trial ended (its tuner.end_reason tag starts with the text) -> a short outcome. "stopped by ": by ASHA,
+# or by an Optuna pruner (scheduler.pruner).
+OUTCOMES = {"completed": "completed", "stopped by ": "stopped", "early-stopped by patience": "patience",
             "invalid architecture": "invalid", "failed": "failed", "lost": "lost"}
 TIMES = {"train_seconds": ("epoch_seconds",), "eval_seconds": ("eval_seconds",),
          "overhead_seconds": ("setup_seconds", "checkpoint_seconds", "report_seconds")}
@@ -43,6 +44,7 @@ class Settings:
     cpus_per_trial: float
     gpus_per_trial: float
     searcher: str
+    pruner: str = "asha"                      # who stopped trials early: ASHA, or an Optuna pruner
 
     @property
     def milestones(self) -> list[int]:
@@ -82,7 +84,8 @@ def settings_of(parent: Run) -> Settings:
     p = parent.data.params
     return Settings(p.get("metric", "val_accuracy"), p.get("mode", "max"), int(p.get("grace_period", 1)),
                     int(p.get("reduction_factor", 3)), int(p.get("max_t", 1)), parse_objectives(p.get("objectives")),
-                    float(p.get("cpus_per_trial", 1)), float(p.get("gpus_per_trial", 0)), p.get("searcher", ""))
+                    float(p.get("cpus_per_trial", 1)), float(p.get("gpus_per_trial", 0)), p.get("searcher", ""),
+                    p.get("pruner", "asha"))
 
 
 def distributions(parent: Run) -> dict[str, BaseDistribution]:
