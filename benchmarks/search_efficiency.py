@@ -190,10 +190,21 @@ class Row:
     walls: list[float]                      # seconds per search
     full: list[int]                         # trials trained to max_epochs, per seed
     budget: int
+    targets: list[float]                    # random search's final best, per seed
 
     @property
     def worst_share(self) -> float | None:
         return None if None in self.reach else max(self.reach) / self.budget
+
+    @property
+    def within_third(self) -> int:
+        """Seeds on which random search's final best was reached within a third of the budget (the target)."""
+        return sum(r is not None and 3 * r <= self.budget for r in self.reach)
+
+    @property
+    def at_least_random(self) -> int:
+        """Seeds on which the final best is at least random search's."""
+        return sum(f >= t - 1e-12 for f, t in zip(self.finals, self.targets))
 
 
 def summarise(curves: dict[str, dict[int, list[float]]], walls: dict[str, dict[int, float]],
@@ -203,7 +214,7 @@ def summarise(curves: dict[str, dict[int, list[float]]], walls: dict[str, dict[i
         targets = {seed: curves["random"][seed][-1] for seed in by_seed}
         rows.append(Row(method, [c[-1] for c in by_seed.values()],
                         [epochs_to_reach(c, targets[seed]) for seed, c in by_seed.items()],
-                        list(walls[method].values()), list(full[method].values()), budget))
+                        list(walls[method].values()), list(full[method].values()), budget, list(targets.values())))
     return rows
 
 
@@ -211,13 +222,15 @@ def table(space: str, rows: list[Row], args, images: tuple[int, int]) -> str:
     lines = [f"space {Path(space).stem}: {images[0]} training and {images[1]} validation images, budget {args.budget} "
              f"trial-epochs per search, seeds {' '.join(map(str, args.seeds))}", "",
              "| method | best val score (mean ± sd) | trial-epochs to random's final best, per seed | worst share "
-             "of the budget | trials trained to max_epochs (mean) | wall s per search (mean) |",
-             "|---|---:|---|---:|---:|---:|"]
+             "of the budget | seeds within a third | seeds with final best ≥ random's | trials trained to max_epochs "
+             "(mean) | wall s per search (mean) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         sd = statistics.pstdev(r.finals)
         share = "never on some seed" if r.worst_share is None else f"{r.worst_share:.2f}"
         lines.append(f"| {r.method} | {statistics.mean(r.finals):.4f} ± {sd:.4f} | "
                      f"{', '.join('never' if x is None else str(x) for x in r.reach)} | {share} | "
+                     f"{r.within_third} of {len(r.reach)} | {r.at_least_random} of {len(r.finals)} | "
                      f"{statistics.mean(r.full):.1f} | {statistics.mean(r.walls):.0f} |")
     return "\n".join(lines)
 

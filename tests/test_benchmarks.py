@@ -32,6 +32,18 @@ def test_search_efficiency_compares_the_methods(ray_session, data_dir, capsys):
     assert "trial-epochs to random's final best" in out and "trials trained to max_epochs" in out
 
 
+def test_search_efficiency_counts_the_seeds_that_meet_the_target():
+    curves = {"random": {0: [0.5] * 5 + [0.9], 1: [0.8] * 6},               # best so far after each trial-epoch
+              "tpe": {0: [0.95] * 6, 1: [0.7] * 3 + [0.85] * 3}}
+    walls, full = {m: {0: 1.0, 1: 1.0} for m in curves}, {m: {0: 1, 1: 1} for m in curves}
+    random, tpe = search_efficiency.summarise(curves, walls, full, budget=6)
+    assert tpe.reach == [1, 4] and tpe.within_third == 1 and tpe.at_least_random == 2   # a third of 6: 2
+    assert random.reach == [6, 1] and random.within_third == 1
+    args = type("Args", (), {"budget": 6, "seeds": [0, 1]})
+    assert "| tpe | 0.9000 ± 0.0500 | 1, 4 | 0.67 | 1 of 2 | 2 of 2 | 1.0 | 1 |" in \
+        search_efficiency.table("space", [random, tpe], args, (10, 10))
+
+
 def test_overhead_breaks_the_wall_time_down(ray_session, capsys):
     m = overhead.main(["--", "--num-samples", "2", "--max-epochs", "2"])
     assert m["code"] == 0 and m["train"] > 0 and m["wall"] > m["phases"]["search"] > 0
