@@ -101,7 +101,6 @@ class ChanceFloorASHA(ASHAScheduler):
             return None
         return super().on_trial_complete(tune_controller, trial, result)
 
-
     def saved_state(self) -> dict:
         """The rung records and the stop count (``search.SchedulerState`` carries them across a restore)."""
         return {"rungs": [[dict(recorded) for _, recorded in bracket._rungs] for bracket in self._brackets],

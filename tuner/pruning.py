@@ -54,8 +54,9 @@ class OptunaPruning(FIFOScheduler):
         self.pruner_name = pruner
         self._floor = None if floor is None else Floor(metric, mode, floor)
         # A fixed name: the Hyperband pruner deals trials to brackets by a hash of it and the trial's number.
-        self._study = optuna.create_study(study_name="tuner-pruning", direction="maximize" if mode == "max" else
-                                          "minimize", pruner=make_pruner(pruner, grace_period, reduction_factor, max_t))
+        self._study = optuna.create_study(study_name="tuner-pruning",
+                                          direction="maximize" if mode == "max" else "minimize",
+                                          pruner=make_pruner(pruner, grace_period, reduction_factor, max_t))
         self._trials: dict[str, optuna.Trial] = {}   # Ray trial id -> its trial in the study
         self._best: dict[str, float] = {}      # Ray trial id -> its best score so far
         self._reported: dict[str, int] = {}    # Ray trial id -> last epoch reported (a resume may replay some)
