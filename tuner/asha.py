@@ -72,6 +72,10 @@ class Floor:
             return False
         return score <= self.value if self.mode == "max" else score >= self.value
 
+    def stops(self, result: dict, epoch: int, grace: int) -> bool:
+        """The rule every scheduler here applies: from the grace period on, a trial at the floor stops."""
+        return epoch >= grace and self.reached_by(result)
+
 
 class ChanceFloorASHA(ASHAScheduler):
     """``ASHAScheduler`` that also stops, from ``grace_period`` on, a trial whose score is not better than
@@ -83,9 +87,10 @@ class ChanceFloorASHA(ASHAScheduler):
         self._at_chance: set[str] = set()          # trials this rule stopped (kept out of the rungs)
 
     def at_chance(self, result: dict) -> bool:
-        if self._floor is None or result.get(self._time_attr, 0) < self._grace:
+        if self._floor is None:
             return False
-        return Floor(self._metric, "max" if self._metric_op > 0 else "min", self._floor).reached_by(result)
+        floor = Floor(self._metric, "max" if self._metric_op > 0 else "min", self._floor)
+        return floor.stops(result, result.get(self._time_attr, 0), self._grace)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if self._metric in result and self.at_chance(result):

@@ -85,7 +85,7 @@ class OptunaPruning(FIFOScheduler):
         epoch = int(result.get("epoch", 0) or 0)
         if epoch >= self._max_t:
             return TrialScheduler.CONTINUE       # its last epoch: it ends on its own, COMPLETE
-        at_chance = self._floor is not None and epoch >= self._grace and self._floor.reached_by(result)
+        at_chance = self._floor is not None and self._floor.stops(result, epoch, self._grace)
         if at_chance or ot_trial.should_prune():
             self._pruned.add(trial.trial_id)
             return TrialScheduler.STOP

@@ -358,7 +358,7 @@ def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epoch
         return last["end_reason"]
     epoch = int(last.get("epoch", 0) or 0)
     if 0 < epoch < max_epochs:
-        if floor and epoch >= grace and floor.reached_by(last):
+        if floor and floor.stops(last, epoch, grace):
             return (f"stopped by {by} at chance level at epoch {epoch} ({floor.metric} {last[floor.metric]:.4f}, "
                     f"chance floor {floor.value:.4f})")
         rung = asha_rung(epoch, grace, factor) if by == "ASHA" else None
