@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks import cifar_fast, gpu, overhead, search_efficiency, search_report, trial_speed
@@ -19,17 +21,30 @@ def test_trial_speed_measures_both_loops(data_dir, capsys):
     assert "| tuner, device-resident tensors |" in out and "| 64 |" in out and "| 256 | " in out
 
 
-def test_search_efficiency_compares_the_methods(ray_session, data_dir, capsys):
+def test_search_efficiency_compares_the_methods(ray_session, data_dir, tmp_path, capsys):
     results = search_efficiency.main(["--spaces", "quickstart", "--methods", "tpe-stopped-as-value",
                                       "--budget", "6", "--seeds", "0", "--max-epochs", "2", "--train-images", "256",
-                                      "--data-dir", str(data_dir)])
+                                      "--data-dir", str(data_dir), "--trace-dir", str(tmp_path)])
     rows = results["quickstart"]
     assert [r.method for r in rows] == ["random", "tpe-stopped-as-value"]   # random always: the target
     assert all(0 <= f <= 1 for r in rows for f in r.finals) and all(w > 0 for r in rows for w in r.walls)
     assert rows[0].reach[0] is not None and rows[0].reach[0] <= 6     # random reaches its own best in budget
-    assert 1 <= rows[0].full[0] <= 3            # FIFO: each of its 3 trials runs both epochs, or is rejected
+    random = json.loads((tmp_path / "quickstart-random-0.json").read_text())
+    assert len(random) == 6 and rows[0].full[0] == 3    # the whole budget: three trials (FIFO) of both epochs
     out = capsys.readouterr().out
     assert "trial-epochs to random's final best" in out and "trials trained to max_epochs" in out
+
+
+def test_the_epoch_budget_counts_each_epoch_once():
+    budget = search_efficiency.EpochBudget(4)
+    first = {"epoch": 2, "epochs": [{"epoch": 1}, {"epoch": 2}]}
+    last = {"epoch": 3, "epochs": [{"epoch": 3}]}
+    for trial_id, result in [("a", first), ("a", last), ("a", {**last, "done": True})]:  # Ray repeats the last
+        assert budget(trial_id, result) is False
+    assert budget.spent == 3 and not budget.stop_all()
+    budget("b", {"epoch": 0, "end_reason": "invalid architecture"})       # rejected: no epoch trained
+    budget("b", {"epoch": 1})                                             # a result without an epochs list
+    assert budget.spent == 4 and budget.stop_all()
 
 
 def test_search_efficiency_counts_the_seeds_that_meet_the_target():
