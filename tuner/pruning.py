@@ -25,11 +25,10 @@ import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tuner.asha import Floor
-from tuner.spaces import PRUNERS
+from tuner.spaces import PRUNERS, stopper_name
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-PRUNER_CLASSES = {"median": "MedianPruner", "hyperband": "HyperbandPruner"}
 MEDIAN_STARTUP = 5   # trials run to the end before the median pruner stops any (Optuna's default)
 
 
@@ -116,7 +115,7 @@ class OptunaPruning(FIFOScheduler):
             self._study.tell(self._trials[trial.trial_id], state=optuna.trial.TrialState.FAIL)
 
     def debug_string(self) -> str:
-        return f"Optuna's {PRUNER_CLASSES[self.pruner_name]}: {len(self._pruned)} trials stopped"
+        return f"{stopper_name(self.pruner_name)}: {len(self._pruned)} trials stopped"
 
     def saved_state(self) -> dict:
         # One pickle for the study and its trials, so that the restored trials belong to the restored study.

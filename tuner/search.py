@@ -22,9 +22,9 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.asha import ChanceFloorASHA, Floor, QuorumASHA, chance_floor, quorum_epochs
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
-from tuner.pruning import PRUNER_CLASSES, OptunaPruning
+from tuner.pruning import OptunaPruning
 from tuner.sampling import latin_hypercube, make_sampler
-from tuner.spaces import Space
+from tuner.spaces import PRUNER_CLASSES, Space, stopper_name
 from tuner.trial import Reporting, train_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -343,7 +343,7 @@ def asha_rung(epoch: int, grace: int, factor: int) -> int | None:
 
 def stopper(space: Space) -> str:
     """Who stops trials early in this space's searches, as end reasons name it."""
-    return "ASHA" if space.pruner == "asha" else f"Optuna's {PRUNER_CLASSES[space.pruner]}"
+    return stopper_name(space.pruner)
 
 
 def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epochs: int,

@@ -34,6 +34,7 @@ TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search"
             "num_samples", "resources", "reference", "start", "objectives", "searcher")
 SCHEDULER_KEYS = ("max_epochs", "grace_period", "reduction_factor", "brackets", "quorum", "stop_at_chance", "pruner")
 PRUNERS = ("asha", "median", "hyperband")   # who stops trials: Ray's ASHA, or an Optuna pruner (tuner.pruning)
+PRUNER_CLASSES = {"median": "MedianPruner", "hyperband": "HyperbandPruner"}
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys the search sets itself (from the top level, the scheduler section and --seed), never fixed/search.
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
@@ -106,6 +107,11 @@ class Space:
 
 
 # ---- finding ---------------------------------------------------------------------------------------------
+
+def stopper_name(pruner: str) -> str:
+    """Who stops trials early under this ``scheduler.pruner``, as end reasons and reports name it."""
+    return "ASHA" if pruner == "asha" else f"Optuna's {PRUNER_CLASSES[pruner]}"
+
 
 def list_spaces() -> list[tuple[str, str]]:
     """(name, one-line description) of every shipped space."""

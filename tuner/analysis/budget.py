@@ -31,7 +31,7 @@ def stretches(record: SearchRecord) -> list[tuple[int, int, str]]:
 
 def rung_table(record: SearchRecord) -> pd.DataFrame:
     """A row per stretch: trials that trained in it, the trial-epochs spent, and how trials ended in it."""
-    t = record.trials
+    t, stopped_by = record.trials, f"stopped by {record.settings.stopper}"
     epochs, outcome = t["epochs"], t["outcome"]
     rows = []
     for first, last, name in stretches(record):
@@ -39,7 +39,7 @@ def rung_table(record: SearchRecord) -> pd.DataFrame:
         rows.append({"epochs": f"{first}-{last}" if first < last else str(first), "ends at": name,
                      "trials training": int((epochs >= first).sum()),
                      "trial-epochs": int((epochs.clip(upper=last) - (first - 1)).clip(lower=0).sum()),
-                     "stopped by ASHA": int((ended_in & (outcome == "stopped")).sum()),
+                     stopped_by: int((ended_in & (outcome == "stopped")).sum()),
                      "completed": int((ended_in & (outcome == "completed")).sum()),
                      "ended otherwise": int((ended_in & ~outcome.isin(["stopped", "completed"])).sum())})
     return pd.DataFrame(rows)
@@ -52,18 +52,18 @@ def seconds_per_epoch(t: pd.DataFrame) -> pd.Series:
 
 
 def fifo_table(record: SearchRecord) -> pd.DataFrame:
-    """Trial-epochs and (estimated) seconds: what ASHA spent, against FIFO with the same trials."""
-    t, max_t = record.trials, record.settings.max_t
+    """Trial-epochs and (estimated) seconds: what ASHA (or the pruner) spent, against FIFO with the same trials."""
+    t, max_t, by = record.trials, record.settings.max_t, record.settings.stopper
     per = seconds_per_epoch(t)
     trained = t["epochs"] > 0
     same = t["epochs"].where(t["outcome"] != "stopped", max_t)     # stopped trials trained on to max_t
     every = pd.Series(np.where(trained, max_t, 0), index=t.index)
-    rows = [("ASHA, as run", t["epochs"]),
-            ("FIFO, same trials: each ASHA-stopped trial trained on to max_t", same),
+    rows = [(f"{by}, as run", t["epochs"]),
+            (f"FIFO, same trials: each trial {by} stopped trained on to max_t", same),
             ("FIFO, every trained trial to max_t", every)]
     spent = int(t["epochs"].sum())
     return pd.DataFrame([{"schedule": name, "trial-epochs": int(e.sum()),
-                          "times ASHA's": e.sum() / spent if spent else np.nan,
+                          "times as run": e.sum() / spent if spent else np.nan,
                           "training + validation seconds (estimated)": float((e * per).sum())} for name, e in rows])
 
 
@@ -110,9 +110,8 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
     decides = (f"ASHA (grace period {s.grace_period}, reduction factor {s.reduction_factor}, max_t {s.max_t}) "
                f"decides at epochs {', '.join(map(str, s.milestones)) or '(none: grace period = max_t)'}. ")
     if s.pruner != "asha":
-        decides = (f"Optuna's {s.pruner} pruner decides at every epoch from the grace period ({s.grace_period}) "
-                   f"to max_t ({s.max_t}); the stretches below end at the epochs ASHA would decide at, for "
-                   f"comparison, and its \"stopped by ASHA\" counts the trials the pruner stopped. ")
+        decides = (f"{s.stopper} decides at every epoch from the grace period ({s.grace_period}) to max_t "
+                   f"({s.max_t}); the stretches below end at the epochs ASHA would decide at, for comparison. ")
     section = Section("budget", "What the search spent", decides +
                       f"Trial-epochs are epochs trained, summed over trials. Device-seconds are each trial's wall "
                       f"time times its share of devices ({s.device_share:g} per trial: {s.device_unit}).")
@@ -120,8 +119,8 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
         section.attach(out / name)
     section.table(rungs, "per stretch between ASHA's rungs: trials that trained in it, epochs spent, and how the "
                          "trials that ended in it ended")
-    section.table(fifo, "ASHA against FIFO with the same trials; seconds estimated from each trial's own seconds "
-                        "per epoch")
+    section.table(fifo, f"{s.stopper} against FIFO with the same trials; seconds estimated from each trial's own "
+                        f"seconds per epoch")
     section.table(pd.DataFrame({"": list(totals(record)), "value": list(totals(record).values())}), "time, in total")
     section.figure(timeline(record, out / "timeline.png"), "trials over time, coloured by how they ended")
     section.table(times.head(SLOWEST_SHOWN), f"the {min(SLOWEST_SHOWN, len(times))} longest trials (all in "

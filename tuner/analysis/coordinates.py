@@ -63,7 +63,7 @@ def parallel(record: SearchRecord, order: list[str], path: Path) -> Path:
     ax.set_yticks([])
     ax.set_ylim(-0.05, 1.05)
     fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap=cmap), ax=ax, label=f"best {record.metric}")
-    ax.set_title(f"{len(t)} trials; faded: stopped by ASHA")
+    ax.set_title(f"{len(t)} trials; faded: stopped by {record.settings.stopper}")
     return save(fig, path)
 
 
@@ -81,7 +81,7 @@ def marginal(ax, record: SearchRecord, name: str, t: pd.DataFrame, seed: int) ->
             plain_log_axis(ax)
     stopped = t["_stopped"].to_numpy()
     ax.scatter(x[stopped], t["best"][stopped], facecolors="none", edgecolors="tab:gray", alpha=0.6,
-               label="stopped by ASHA")
+               label=f"stopped by {record.settings.stopper}")
     ax.scatter(x[~stopped], t["best"][~stopped], color="tab:blue", label="not stopped")
     ax.set_xlabel(name)
     ax.set_ylabel(f"best {record.metric}")
@@ -103,12 +103,13 @@ def marginals(record: SearchRecord, names: list[str], path: Path, seed: int) -> 
 def coordinates_sections(record: SearchRecord, order: list[str], out: Path, seed: int) -> list[Section]:
     par = Section("parallel", "Every trial's settings and score",
                   f"Parallel coordinates: one line per trial that trained, through its searched settings (most "
-                  f"important first) to its best {record.metric}, coloured by that score. Trials ASHA stopped are "
-                  f"faded: their score is from fewer epochs.")
+                  f"important first) to its best {record.metric}, coloured by that score. Trials "
+                  f"{record.settings.stopper} stopped are faded: their score is from fewer epochs.")
     par.figure(parallel(record, order, out / "parallel_coordinates.png"), "searched settings -> best score")
     top = order[:2]
     mar = Section("marginals", "The score against the most important settings",
                   f"Best {record.metric} of each trial against {' and '.join(top) or 'no setting'}, the "
-                  f"{len(top)} most important settings (fANOVA at the first rung); hollow grey: stopped by ASHA.")
+                  f"{len(top)} most important settings (fANOVA at the first rung); hollow grey: stopped by "
+                  f"{record.settings.stopper}.")
     mar.figure(marginals(record, top, out / "marginals.png", seed), f"best {record.metric} against {', '.join(top)}")
     return [par, mar]

@@ -21,7 +21,7 @@ def describe_objectives(record: SearchRecord) -> str:
     s = record.settings
     if not s.objectives:
         return f"{s.metric} ({s.mode})"
-    return " against ".join(f"{m} ({mode})" for m, mode in s.objectives) + "; ASHA stops on the first"
+    return " against ".join(f"{m} ({mode})" for m, mode in s.objectives) + f"; {s.stopper} stops on the first"
 
 
 def search_overview(record: SearchRecord, out: Path) -> Section:
@@ -35,8 +35,9 @@ def search_overview(record: SearchRecord, out: Path) -> Section:
     if tags.get("tuner.front"):
         rows["Pareto front (the search's)"] = tags["tuner.front"].replace(",", ", ")
     s = Section("search", f"The search {record.name}",
-                "How the search ran and how its trials ended (completed; stopped by ASHA; early-stopped by their "
-                "own patience; invalid: the network could not be built; failed), from its MLflow runs.")
+                f"How the search ran and how its trials ended (completed; stopped by {record.settings.stopper}; "
+                "early-stopped by their own patience; invalid: the network could not be built; failed), from its "
+                "MLflow runs.")
     s.attach(out / "trials.csv")
     s.table(pd.DataFrame({"": list(rows), "value": [str(v) for v in rows.values()]}))
     s.facts = {"trials": len(t), "outcomes": {k: int(v) for k, v in counts.items()}}

@@ -29,7 +29,7 @@ def panel(ax, record: SearchRecord, cost: str, on_front: list) -> None:
     t = record.trials[record.trials["epochs"] > 0].dropna(subset=["best", cost])
     stopped = t["outcome"] == "stopped"
     ax.scatter(t.loc[stopped, cost], t.loc[stopped, "best"], facecolors="none", edgecolors="tab:gray", alpha=0.6,
-               label="stopped by ASHA")
+               label=f"stopped by {record.settings.stopper}")
     ax.scatter(t.loc[~stopped, cost], t.loc[~stopped, "best"], color="tab:blue", alpha=0.8, label="not stopped")
     line = t.loc[on_front].sort_values(cost)
     ax.step(line[cost], line["best"], where="post", color="tab:red", linewidth=1.2)

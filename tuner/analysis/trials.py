@@ -21,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuner.costs import COST_METRICS
 from tuner.pareto import parse_objectives
-from tuner.spaces import DISTRIBUTIONS
+from tuner.spaces import DISTRIBUTIONS, stopper_name
 
 # Why a trial ended (its tuner.end_reason tag starts with the text) -> a short outcome. "stopped by ": by ASHA,
 # or by an Optuna pruner (scheduler.pruner).
@@ -54,6 +54,11 @@ class Settings:
             out.append(epoch)
             epoch *= self.reduction_factor
         return out
+
+    @property
+    def stopper(self) -> str:
+        """Who stopped trials early: ASHA, or the Optuna pruner the space named."""
+        return stopper_name(self.pruner)
 
     @property
     def device_unit(self) -> str:
