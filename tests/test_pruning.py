@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.test_search import runs_of, search_board
+from tuner.analysis.budget import rung_table
+from tuner.analysis.trials import load_record
 from tuner.pruning import OptunaPruning
 from tuner.search import SearchOptions, effective_space, end_reason, make_scheduler, search_settings, trial_reporting
 from tuner.spaces import load_space
@@ -117,9 +119,12 @@ def test_a_search_stopped_by_the_median_pruner_says_so_in_its_leaderboard_and_ru
     assert (board.loc[[0.01, 0.012, 0.014, 0.016, 0.018], "end_reason"] == "completed").all()
     assert board.loc[1e-4, "end_reason"] == "stopped by Optuna's MedianPruner at epoch 2"
     assert board.loc[1e-9, "end_reason"].startswith("stopped by Optuna's MedianPruner at chance level at epoch 2")
-    _, _, children = runs_of(tmp_path / "mlflow.db", "pruned")
+    client, parents, children = runs_of(tmp_path / "mlflow.db", "pruned")
     reasons = {float(c.data.params["lr"]): c.data.tags["tuner.end_reason"] for c in children}
     assert reasons[1e-4] == board.loc[1e-4, "end_reason"]
+    record = load_record(client, parents[0], children)          # the search report names the pruner too
+    stops = rung_table(record)["stopped by Optuna's MedianPruner"]
+    assert record.settings.stopper == "Optuna's MedianPruner" and stops.sum() == 2 and stops.iloc[0] == 2
 
 
 def test_the_search_report_counts_a_pruners_stops_as_stops():
