@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import statistics
@@ -37,6 +38,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 from tuner.cli import Help  # noqa: E402
+from tuner.console import DropNotices  # noqa: E402
 from tuner.data import limit_indices, prepare_trial_data, resolve_data_dir  # noqa: E402
 from tuner.sampling import SearcherSettings  # noqa: E402
 from tuner.search import SearchOptions, effective_space, make_scheduler, make_searcher, make_trainable  # noqa: E402
@@ -86,6 +88,7 @@ METHODS = {
     "tpe-grace-2x": ("tpe", "asha", lambda s: dataclasses.replace(tpe()(s), grace_period=min(2 * s.grace_period,
                                                                                                s.max_epochs))),
     "tpe-factor-2": ("tpe", "asha", asha(reduction_factor=2)),
+    "tpe-independent-startup-5": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, startup_trials=5)),
     "tpe-independent-startup-15": ("tpe", "asha", tpe(multivariate=False, constant_liar=False, startup_trials=15)),
     "tpe-independent-factor-2": ("tpe", "asha", asha({"multivariate": False, "constant_liar": False},
                                                      reduction_factor=2)),
@@ -312,6 +315,8 @@ def parse_args(argv):
 
 def main(argv=None) -> dict[str, list[Row]]:
     args = parse_args(argv)
+    # The trials the budget left unstarted have no results; Ray lists each of them when the search ends.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(DropNotices(("Failed to fetch metrics",)))
     if args.trace_dir:
         Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
     started = not ray.is_initialized()
