@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli, search_args
+from tests.conftest import ROOT, run_cli, search_args
 from tuner.run import main
 from tuner.spaces import find_space, load_space
 
@@ -108,6 +110,15 @@ def one_line_error(code, out, err):
 
 def test_unknown_space_exits_2_with_one_line(tmp_path):
     assert "unknown space 'nope'" in one_line_error(*run_cli("--space", "nope", cwd=tmp_path))
+
+
+def test_a_mistyped_space_is_told_before_ray_and_torch_are_loaded(tmp_path):
+    # The search's libraries take seconds to import; a wrong name should not wait for them.
+    check = ("import sys\nfrom tuner import run\ncode = run.main(['--space', 'cifar_dept'])\n"
+             "print(code, sorted(m for m in ('ray', 'torch', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "[]"], proc.stderr
+    assert "unknown space 'cifar_dept'" in proc.stderr and "cifar_depth" in proc.stderr
 
 
 def test_malformed_space_file_exits_2_with_one_line(tmp_path):

@@ -103,6 +103,9 @@ def list_or_search(args: argparse.Namespace) -> int:
         for name, desc in list_spaces():
             print(f"{name:24} {desc}")
         return 0
+    from tuner.space_files import find_space
+
+    find_space(args.space)     # a mistyped name: one line at once, not after the seconds Ray and torch take to load
     if args.submit:
         from tuner.submit import submit_search
 

@@ -8,7 +8,6 @@ line naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import yaml
 from ray import tune
 
-import search_spaces
 from models import MODELS
 from tuner.checker import SpaceChecker
 from tuner.costs import COST_METRICS
@@ -25,10 +23,10 @@ from tuner.errors import UserError
 from tuner.reference import FIGURES, NOTES
 from tuner.safe_yaml import parse_yaml, read_space_file
 from tuner.sampling import SearcherSettings, check_searcher
+from tuner.space_files import SPACES_DIR, find_space
 from tuner.train import AUGMENTS, OPTIMIZERS, SCHEDULES, TRAIN_KEYS
 from tuner.transfer import SETTING_VALUES, TRANSFER_KEYS
 
-SPACES_DIR = Path(search_spaces.__file__).parent
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 TOP_KEYS = ("description", "dataset", "model", "val_fraction", "fixed", "search", "metric", "mode", "scheduler",
             "num_samples", "resources", "reference", "start", "objectives", "searcher")
@@ -52,7 +50,6 @@ DISTRIBUTIONS = {
     "qint": (3, lambda a: tune.qrandint(int(a[0]), int(a[1]), int(a[2]))),
     "logint": (2, lambda a: tune.lograndint(int(a[0]), int(a[1]) + 1)),
 }
-NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 @dataclass
@@ -123,23 +120,6 @@ def list_spaces() -> list[tuple[str, str]]:
             desc = f"(broken: {exc})"
         out.append((path.stem, desc.strip().splitlines()[0] if desc.strip() else ""))
     return out
-
-
-def find_space(name: str) -> Path:
-    """A shipped space by name, or a user's file by path. Never walks a path built from a name."""
-    if name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name or ".." in name:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise UserError(f"space file {name} does not exist; give a file path or one of: {_names()}")
-        return path.resolve()
-    path = SPACES_DIR / f"{name}.yaml"
-    if not NAME_RE.match(name) or not path.is_file():
-        raise UserError(f"unknown space {name!r}; known spaces: {_names()} (or give a path to a .yaml file)")
-    return path
-
-
-def _names() -> str:
-    return ", ".join(p.stem for p in sorted(SPACES_DIR.glob("*.yaml")))
 
 
 # ---- loading and checking --------------------------------------------------------------------------------
