@@ -19,7 +19,7 @@ from tuner.guards import DriverLock, check_name, prepare_storage, redact, redact
 from tuner.limits import check_flags
 from tuner.pretrained import resolve_pretrained
 from tuner.search import (SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_floor,
-                          search_settings, stopper)
+                          search_settings)
 from tuner.spaces import Space, load_space, parse_override
 from tuner.stopping import GracefulStop
 from tuner.timing import Timings
@@ -78,7 +78,7 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, da
     mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id}
     (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
     callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs),
-                         datasets, floor, stopper(space))
+                         datasets, floor, space.stopper)
     return Tracking(uri, experiment_id, run_id, callback)
 
 

@@ -24,7 +24,7 @@ from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
 from tuner.pruning import OptunaPruning
 from tuner.sampling import latin_hypercube, make_sampler
-from tuner.spaces import PRUNER_CLASSES, Space, stopper_name
+from tuner.spaces import PRUNER_CLASSES, Space
 from tuner.trial import Reporting, train_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -339,11 +339,6 @@ def asha_rung(epoch: int, grace: int, factor: int) -> int | None:
     while milestone < epoch:
         milestone, k = milestone * factor, k + 1
     return k if milestone == epoch else None
-
-
-def stopper(space: Space) -> str:
-    """Who stops trials early in this space's searches, as end reasons name it."""
-    return stopper_name(space.pruner)
 
 
 def end_reason(error: str | None, last: dict, grace: int, factor: int, max_epochs: int,

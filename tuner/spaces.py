@@ -79,6 +79,11 @@ class Space:
     searcher: SearcherSettings = field(default_factory=SearcherSettings)
 
     @property
+    def stopper(self) -> str:
+        """Who stops trials early in this space's searches, as end reasons name it."""
+        return stopper_name(self.pruner)
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 

@@ -11,7 +11,7 @@ from ray.tune import ResultGrid
 from tuner.asha import Floor
 from tuner.pareto import front
 from tuner.reference import comparison, reference_figures
-from tuner.search import end_reason, stopper
+from tuner.search import end_reason
 from tuner.spaces import Space
 
 TOP_ROWS = 10   # leaderboard rows printed (the CSV has them all)
@@ -72,7 +72,7 @@ def leaderboard(results: ResultGrid, space: Space, floor: Floor | None = None) -
         row.update({"best_epoch": best_epoch, "epochs": int(last.get("epoch", 0) or 0),
                     "end_reason": end_reason(str(r.error) if r.error else None, last, space.grace_period,
                                              space.reduction_factor, space.max_epochs, floor,
-                                             stopper(space))})
+                                             space.stopper)})
         rows.append(row)
     board = pd.DataFrame(rows)
     if board.empty:
