@@ -112,13 +112,17 @@ def test_unknown_space_exits_2_with_one_line(tmp_path):
     assert "unknown space 'nope'" in one_line_error(*run_cli("--space", "nope", cwd=tmp_path))
 
 
-def test_a_mistyped_space_is_told_before_ray_and_torch_are_loaded(tmp_path):
-    # The search's libraries take seconds to import; a wrong name should not wait for them.
-    check = ("import sys\nfrom tuner import run\ncode = run.main(['--space', 'cifar_dept'])\n"
-             "print(code, sorted(m for m in ('ray', 'torch', 'mlflow') if m in sys.modules))")
+@pytest.mark.parametrize("space, told", [("cifar_dept", "unknown space 'cifar_dept'"),
+                                         ("bad.yaml", "bad.yaml: not valid YAML at line 3")])
+def test_a_mistyped_space_or_malformed_file_is_told_before_ray_and_torch_are_loaded(tmp_path, space, told):
+    # The search's libraries take seconds to import; a wrong name or broken YAML should not wait for them.
+    (tmp_path / "bad.yaml").write_text("description: x\nsearch: {lr: [1, 2\n")
+    space = str(tmp_path / space) if space.endswith(".yaml") else space
+    check = ("import sys\nfrom tuner import run\ncode = run.main(['--space', %r])\n"
+             "print(code, sorted(m for m in ('ray', 'torch', 'mlflow') if m in sys.modules))" % space)
     proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "[]"], proc.stderr
-    assert "unknown space 'cifar_dept'" in proc.stderr and "cifar_depth" in proc.stderr
+    assert told in proc.stderr
 
 
 def test_malformed_space_file_exits_2_with_one_line(tmp_path):

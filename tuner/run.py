@@ -103,9 +103,12 @@ def list_or_search(args: argparse.Namespace) -> int:
         for name, desc in list_spaces():
             print(f"{name:24} {desc}")
         return 0
+    from tuner.safe_yaml import read_space_file
     from tuner.space_files import find_space
 
-    find_space(args.space)     # a mistyped name: one line at once, not after the seconds Ray and torch take to load
+    # A mistyped name or a file that is not YAML: one line at once, not after the seconds Ray and torch take
+    # to load. The rest of the file (keys, values, the architecture) is checked with the search's libraries.
+    read_space_file(find_space(args.space))
     if args.submit:
         from tuner.submit import submit_search
 
