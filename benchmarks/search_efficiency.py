@@ -1,5 +1,6 @@
 """Search methods side by side on the same spaces with the same budget of trial-epochs, over several seeds:
-FIFO random search (every trial to max_epochs), ASHA with random search, and ASHA + Optuna's TPE with the
+FIFO random search (every trial to max_epochs; again on other draws, to show what chance does), ASHA with random
+search, and ASHA + Optuna's TPE with the
 space's searcher settings and with each alternative (independent TPE, no constant liar, ASHA-stopped
 trials told as values, fewer start-up trials, a Latin-hypercube start, other grace periods, reduction
 factors and brackets, Optuna's GP sampler, ASHA with a quorum at each rung, ASHA without its chance floor,
@@ -65,7 +66,7 @@ def no_floor(change):
     return lambda s: dataclasses.replace(change(s), stop_at_chance=False)
 
 
-OTHER_DRAWS = 1_000_003   # offset of the random seed of random sampling under ASHA (see random_draws)
+OTHER_DRAWS = 1_000_003   # offset of the random seed of every random sampling but random search's (random_draws)
 
 # How trials are stopped, from the space and the search's data (whose validation labels set chance level).
 SCHEDULERS = {"fifo": lambda space, data: FIFOScheduler(), "asha": make_scheduler,
@@ -74,6 +75,7 @@ SCHEDULERS = {"fifo": lambda space, data: FIFOScheduler(), "asha": make_schedule
 # name -> (how trials are chosen, how they are stopped, the space's settings for it)
 METHODS = {
     "random": ("random", "fifo", None),
+    "random-again": ("random", "fifo", None),     # random search on draws of its own: how often chance meets the target
     "asha-random": ("random", "asha", None),
     "tpe": ("tpe", "asha", tpe()),
     "tpe-independent": ("tpe", "asha", tpe(multivariate=False, constant_liar=False)),
@@ -157,11 +159,13 @@ class Trace(tune.Callback):
                                 "config": {k: v for k, v in trial.config.items() if k in self.searched}})
 
 
-def random_draws(seed: int, stop: str) -> BasicVariantGenerator:
-    """Random sampling. Random search (FIFO) draws the seed's sequence; ASHA with random sampling draws another:
-    with the same sequence it would meet random search's best network among its own draws and reach it sooner
-    for stopping the others early, a head start that comes from sharing the draws, not from the method."""
-    return BasicVariantGenerator(random_state=seed if stop == "fifo" else seed + OTHER_DRAWS)
+def random_draws(seed: int, method: str) -> BasicVariantGenerator:
+    """Random sampling. Random search draws the seed's sequence; every other method that samples at random
+    draws another: ASHA with the same sequence would meet random search's best network among its own draws
+    and reach it sooner for stopping the others early, a head start that comes from sharing the draws, not
+    from the method; ``random-again``, random search itself on other draws, shows how often chance alone
+    reaches the first one's best."""
+    return BasicVariantGenerator(random_state=seed if method == "random" else seed + OTHER_DRAWS)
 
 
 def samples_for(budget: int, space: Space, choose: str, stop: str) -> int:
@@ -186,7 +190,7 @@ def run_method(method: str, space: Space, data, seed: int, budget: int, storage:
     space = effective_space(space, opts)
     space.num_samples = num_samples or samples_for(budget, space, choose, stop)
     trace = Trace(space.metric, set(space.search))
-    search = make_searcher(space, opts) if choose == "tpe" else random_draws(seed, stop)
+    search = make_searcher(space, opts) if choose == "tpe" else random_draws(seed, method)
     tuner = tune.Tuner(make_trainable(data, opts, space), param_space=space.param_space(),
                        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,
                                                    scheduler=SCHEDULERS[stop](space, data),

@@ -22,17 +22,19 @@ def test_trial_speed_measures_both_loops(data_dir, capsys):
 
 
 def test_search_efficiency_compares_the_methods(ray_session, data_dir, tmp_path, capsys):
-    results = search_efficiency.main(["--spaces", "quickstart", "--methods", "tpe-stopped-as-value", "asha-random",
+    results = search_efficiency.main(["--spaces", "quickstart", "--methods", "tpe-stopped-as-value", "asha-random", "random-again",
                                       "--budget", "6", "--seeds", "0", "--max-epochs", "2", "--train-images", "256",
                                       "--data-dir", str(data_dir), "--trace-dir", str(tmp_path)])
     rows = results["quickstart"]
-    assert [r.method for r in rows] == ["random", "tpe-stopped-as-value", "asha-random"]   # random always: the target
+    assert [r.method for r in rows] == ["random", "tpe-stopped-as-value", "asha-random", "random-again"]  # random: always
     assert all(0 <= f <= 1 for r in rows for f in r.finals) and all(w > 0 for r in rows for w in r.walls)
     assert rows[0].reach[0] is not None and rows[0].reach[0] <= 6     # random reaches its own best in budget
     random = json.loads((tmp_path / "quickstart-random-0.json").read_text())
     assert len(random) == 6 and rows[0].full[0] == 3    # the whole budget: three trials (FIFO) of both epochs
     asha_random = json.loads((tmp_path / "quickstart-asha-random-0.json").read_text())
     assert asha_random[0]["config"] != random[0]["config"]     # its own draws, not random search's
+    again = json.loads((tmp_path / "quickstart-random-again-0.json").read_text())
+    assert again[0]["config"] != random[0]["config"] and len(again) == 6 and rows[3].full[0] == 3
     out = capsys.readouterr().out
     assert "trial-epochs to random's final best" in out and "trials trained to max_epochs" in out
 
