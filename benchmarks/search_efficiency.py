@@ -1,10 +1,10 @@
-"""Search methods side by side on the same spaces with the same budget of trial-epochs, over several seeds:
-FIFO random search (every trial to max_epochs; again on other draws, to show what chance does), ASHA with
-random search, and ASHA + Optuna's TPE with the space's searcher settings and with each alternative
-(independent TPE, no constant liar, ASHA-stopped trials told as values, fewer start-up trials, a Latin-hypercube start, other grace periods, reduction
-factors and brackets, Optuna's GP sampler, ASHA with a quorum at each rung, ASHA without its chance floor,
-a third of the trials drawn at random between TPE's, ASHA with Hyperband's brackets, and Optuna's median and
-Hyperband pruners instead of ASHA).
+"""Search methods side by side on the same spaces with the same budget of trial-epochs, over several seeds: FIFO
+random search (every trial to max_epochs; again on other draws, to show what chance does), ASHA with random
+search, and ASHA + Optuna's TPE with the space's searcher settings and with each alternative (independent TPE,
+no constant liar, ASHA-stopped trials told as values, fewer start-up trials, a Latin-hypercube start, other
+grace periods, reduction factors and brackets, Optuna's GP sampler, ASHA with a quorum at each rung, ASHA
+without its chance floor, a third of the trials drawn at random between TPE's, ASHA with Hyperband's brackets,
+and Optuna's median and Hyperband pruners instead of ASHA).
 Per method: the best validation score (mean and sd over seeds), the trial-epochs it needs to reach random
 search's final best on each seed, and wall time.
 
