@@ -21,13 +21,13 @@ from tests.conftest import ROOT
 class Search:
     """``python -m tuner.run ARGS`` in its own process session, with Ray's temp dir under ``self.ray_tmp``."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path = ROOT):
         # A short path: Ray's unix sockets live under it and their paths are limited to ~107 bytes.
         self.ray_tmp = tempfile.mkdtemp(prefix="tr", dir="/tmp")
         self.log = Path(self.ray_tmp) / "search.log"
         full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.ray_tmp, **(env or {})}
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=ROOT, env=full_env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=cwd, env=full_env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float = 300) -> tuple[int, str]:

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from tests.conftest import run_cli
-from tuner.run import main
+from tuner.driver import adopt_started_flags
+from tuner.run import main, parse_args
 
 SPACE = """description: a small digits space
 dataset: digits
@@ -73,6 +75,8 @@ SPACE_CASES = [
     ("lr_gamma 0", with_fixed("lr_gamma: 0.0"), [], "lr_gamma must be > 0"),
     ("eval_batch_size -1", with_fixed("eval_batch_size: -1"), [], "eval_batch_size must be >= 0"),
     ("fixed lr .nan", lr_fixed(".nan"), [], "fixed.lr: nan is not a finite number"),
+    ("fixed lr empty", lr_fixed(""), [], "fixed.lr: has no value"),
+    ("fixed lr null", lr_fixed("null"), [], "fixed.lr: has no value"),
     ("depth 0", SPACE.replace("depth: 1", "depth: 0"), [], "depth must be >= 1"),
     ("width 0", SPACE.replace("width: 8", "width: 0"), [], "width must be >= 1"),
     ("NaN bound", SPACE.replace("[1.0e-3, 1.0e-2]", "[.nan, 1.0e-2]"), [], "search.lr: nan is not a finite"),
@@ -95,6 +99,7 @@ FLAG_CASES = [
     ("--set lr=-1", None, ["--set", "lr=-1"], "lr must be > 0"),
     ("--set dropout=1", None, ["--set", "dropout=1"], "dropout must be in [0, 1)"),
     ("--set alias", None, ["--set", "fc=*a"], "--set fc:"),
+    ("--set lr=", None, ["--set", "lr="], "--set lr: has no value"),
     ("--gpus-per-trial -0.5", None, ["--gpus-per-trial", "-0.5"], "--gpus-per-trial -0.5 is out of range"),
     ("--gpus-per-trial nan", None, ["--gpus-per-trial", "nan"], "--gpus-per-trial nan is not a finite number"),
     ("--cpus-per-trial 0", None, ["--cpus-per-trial", "0"], "cpus_per_trial must be > 0"),
@@ -204,3 +209,33 @@ def test_the_real_command_says_one_line(tmp_path, text, flags, expected):
     code, _, err = run_cli(*args_for(tmp_path, text, flags), cwd=tmp_path, timeout=120)
     check_one_line(code, err, expected)
     nothing_written(tmp_path)
+
+
+def started(tmp_path, **flags) -> None:
+    """A search ``t`` in tmp_path/rr that was started with these defining flags (its settings file)."""
+    folder = tmp_path / "rr" / "t"
+    folder.mkdir(parents=True)
+    (folder / "search_settings.json").write_text(json.dumps({"flags": {
+        "seed": 0, "num_samples": None, "max_epochs": None, "overrides": [], "grid": False, "smoke": False, **flags}}))
+
+
+def test_resume_takes_the_flags_the_search_started_with(tmp_path):
+    started(tmp_path, seed=3, num_samples=4, overrides=["lr=0.01"], grid=True)
+    args = parse_args(args_for(tmp_path, None, ["--name", "t", "--resume"]))
+    adopt_started_flags(args)
+    assert (args.seed, args.num_samples, args.max_epochs, args.overrides, args.grid) == (3, 4, None, ["lr=0.01"], True)
+    fresh = parse_args(args_for(tmp_path, None, ["--name", "u"]))
+    adopt_started_flags(fresh)
+    assert fresh.seed == 0 and fresh.num_samples is None       # a new search: the defaults
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--seed", "0"], "search t was started with --seed 3; resume it with the same or without --seed"),
+    (["--set", "lr=0.1"], "was started with --set lr=0.01; resume it with the same or without --set"),
+    (["--max-epochs", "5"], "search t was started without --max-epochs; resume it without --max-epochs"),
+])
+def test_resume_with_other_defining_flags_is_refused(tmp_path, monkeypatch, capsys, flags, expected):
+    monkeypatch.chdir(tmp_path)
+    started(tmp_path, seed=3, overrides=["lr=0.01"])
+    code = main(args_for(tmp_path, None, ["--name", "t", "--resume", *flags]))
+    check_one_line(code, capsys.readouterr().err, expected)

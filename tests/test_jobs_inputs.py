@@ -132,6 +132,14 @@ def test_the_job_runs_the_search_with_the_flags_given_and_records_it(fake, capsy
     assert check["runtime_env"]["working_dir"] != search["runtime_env"]["working_dir"]
 
 
+def test_a_tracking_uri_from_the_environment_goes_with_the_job(fake, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-from-env:5000")
+    assert main([*GOOD[:6], "--name", "s2"]) == 0          # no --tracking-uri: the environment's
+    check, search = fake.submitted
+    assert parse_args(shlex.split(search["entrypoint"])[3:]).tracking_uri == "http://mlflow-from-env:5000"
+    assert search["metadata"]["tuner.tracking_uri"] == "http://mlflow-from-env:5000"
+
+
 def test_the_working_dir_holds_the_space_and_this_checkout(tmp_path):
     with submit.runtime_env("mine.yaml", "a: 1\n", "s1-r1") as env:
         folder = env["working_dir"]

@@ -143,6 +143,13 @@ def test_an_unreachable_tracking_uri_exits_2_with_one_line_before_ray_starts(tmp
     assert not (tmp_path / "mlflow").exists() and not list(tmp_path.iterdir())   # nothing was started or written
 
 
+def test_a_database_uri_with_its_driver_is_tried_not_refused_for_its_scheme(tmp_path):
+    # MLflow's documented form: mysql+pymysql://, postgresql+psycopg2://. Nothing listens here: it cannot be used.
+    code, out, err = run_cli("--space", "quickstart", "--tracking-uri", "mysql+pymysql://u@127.0.0.1:9/db",
+                             "--storage-path", str(tmp_path), cwd=tmp_path)
+    assert code == 2 and "unsupported scheme" not in err and "cannot be used" in err, err
+
+
 def test_a_server_that_is_not_mlflow_is_one_line(tmp_path):
     import http.server
     import threading

@@ -23,9 +23,8 @@ def newest(folder, pattern: str):
 
 def test_a_killed_search_resumes_where_it_was(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--space", "quickstart", "--name", "k", "--storage-path", str(tmp_path / "rr"), "--tracking-uri", uri,
-            "--num-samples", str(SAMPLES), "--max-epochs", "20"]
-    first = Search(*args)
+    args = ["--space", "quickstart", "--name", "k", "--storage-path", str(tmp_path / "rr"), "--tracking-uri", uri]
+    first = Search(*args, "--num-samples", str(SAMPLES), "--max-epochs", "20", "--seed", "3")
     finished_before = {}
     try:
         def some_finished():
@@ -40,14 +39,23 @@ def test_a_killed_search_resumes_where_it_was(tmp_path):
         assert wait_until(some_finished), first.log.read_text()[-3000:]
     finally:
         first.kill()                                   # SIGKILL, mid-search
-    code, out = Search(*args, "--resume").wait()
+    code, out = Search(*args, "--resume").wait()      # the flags it started with are the search's own
     assert code == 0, out[-3000:]
 
     folder = tmp_path / "rr" / "k"
+    flags = json.loads((folder / "search_settings.json").read_text())["flags"]
+    assert (flags["seed"], flags["num_samples"], flags["max_epochs"]) == (3, SAMPLES, 20)
     board = pd.read_csv(folder / "leaderboard.csv")
     assert len(board) == SAMPLES and board["trial_id"].is_unique
     client = MlflowClient(uri, registry_uri=uri)
-    for trial_id, run in finished_before.items():     # finished trials kept, with their results
+    kept = {t: r for t, r in finished_before.items() if t in set(board["trial_id"])}
+    for trial_id in set(finished_before) - set(kept):
+        # Started and ended between two of Ray's experiment snapshots, the last one before the kill: Ray
+        # never recorded it, so the resumed search ran another trial in its place, and its run says so.
+        lost = client.get_run(finished_before[trial_id].info.run_id)
+        assert lost.data.tags["tuner.end_reason"].startswith("lost:") and lost.info.status == "KILLED"
+    assert kept
+    for trial_id, run in kept.items():     # finished trials Ray recorded kept, with their results
         row = board[board["trial_id"] == trial_id]
         assert len(row) == 1
         assert row["epochs"].iloc[0] == int(run.data.metrics.get("epoch", 0))   # 0: a rejected architecture
@@ -74,7 +82,7 @@ def test_a_killed_search_resumes_where_it_was(tmp_path):
     # they can only be in the resumed scheduler's rungs if the records were restored.
     rungs = next(s for s in newest(folder, "callback-states-*.pkl").values() if s and "rungs" in s)["rungs"]
     recorded = set().union(*[set(r) for bracket in rungs for r in bracket])
-    reached_a_rung = {t for t, run in finished_before.items() if run.data.metrics.get("epoch", 0) >= 2}
+    reached_a_rung = {t for t, run in kept.items() if run.data.metrics.get("epoch", 0) >= 2}
     assert reached_a_rung and reached_a_rung <= recorded
 
 
@@ -98,3 +106,20 @@ def test_a_crashing_trial_is_retried_from_its_checkpoint(tmp_path):
     assert steps == list(range(1, len(epochs) + 1))
     board = pd.read_csv(tmp_path / "rr" / "f" / "leaderboard.csv")
     assert len(board) == 3 and not board["end_reason"].str.startswith("failed").any()
+
+
+def test_a_trial_that_fails_for_good_is_failed_in_mlflow_with_its_error(tmp_path):
+    # Also: a relative sqlite URI is the current folder's, artifacts beside it; --log-top-k 0 misses nothing.
+    env = {"TUNER_FAULT_EPOCH": "2", "TUNER_FAULT_MARKER": str(tmp_path / "crashed-once")}
+    code, out = Search("--space", "quickstart", "--name", "g", "--storage-path", str(tmp_path / "rr"),
+                       "--tracking-uri", "sqlite:///store/mlflow.db", "--num-samples", "3", "--max-epochs", "2",
+                       "--max-concurrent", "1", "--max-failures", "0", "--log-top-k", "0",
+                       env=env, cwd=tmp_path).wait()
+    assert code == 0, out[-3000:]
+    runs = child_runs(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "quickstart")
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(runs) == 3 and len(failed) == 1, [(r.info.status, r.data.tags.get("tuner.end_reason")) for r in runs]
+    reason = failed[0].data.tags["tuner.end_reason"]
+    assert reason == "failed: RuntimeError: injected fault at epoch 2 (TUNER_FAULT_EPOCH)", reason
+    assert (tmp_path / "store" / "artifacts" / "quickstart").is_dir()
+    assert "not in MLflow" not in out, out[-2000:]

@@ -123,3 +123,8 @@ def test_a_space_sets_the_random_fraction_and_the_run_records_it(tmp_path):
     path.write_text(Path(find_space("quickstart")).read_text() + "searcher: {random_fraction: 1.5}\n")
     with pytest.raises(UserError, match=r"searcher.random_fraction: 1.5 is out of range: random_fraction must be in"):
         load_space(str(path))
+
+
+def test_the_largest_seed_gives_the_random_draws_a_seed_of_their_own():
+    sampler = make_sampler(SearcherSettings(random_fraction=0.5), 2**32 - 1, 10)   # --seed's top: seed + 1 wraps
+    assert isinstance(sampler, InterleavedSampler)

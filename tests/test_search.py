@@ -242,7 +242,7 @@ def test_a_trial_is_listed_by_its_own_folder_and_never_with_another_trials_resul
 def test_a_space_can_choose_optunas_gaussian_process_sampler(tmp_path):
     import optuna
 
-    from tuner.search import SearchOptions, effective_space, make_searcher
+    from tuner.search import SearchOptions, effective_space, make_searcher, search_settings
 
     path = tmp_path / "mine.yaml"
     path.write_text(Path(find_space("quickstart")).read_text() + "searcher: {sampler: gp, stopped: value}\n")
@@ -250,3 +250,4 @@ def test_a_space_can_choose_optunas_gaussian_process_sampler(tmp_path):
     opts = SearchOptions("x", str(tmp_path), space.num_samples, space.max_epochs, 1, 0)
     searcher = make_searcher(effective_space(space, opts), opts)
     assert isinstance(searcher._sampler, optuna.samplers.GPSampler) and searcher._stopped == "value"
+    assert search_settings(effective_space(space, opts), opts)["searcher"].startswith("OptunaSearch (GPSampler)")

@@ -26,6 +26,10 @@ from tuner.timing import Timings
 from tuner.tracking import Tracking
 
 SETTINGS_FILE = "search_settings.json"   # beside the results: what the search is and where it logs
+# The flags that define a search (its data split, its trials, their settings): --resume takes them from the
+# search's settings file, so that it continues the search that was started, not a new one over the old.
+DEFINING_FLAGS = {"seed": "--seed", "num_samples": "--num-samples", "max_epochs": "--max-epochs",
+                  "overrides": "--set", "grid": "--grid", "smoke": "--smoke"}
 
 
 def check_exists(opts: SearchOptions, resume: bool) -> None:
@@ -38,6 +42,32 @@ def check_exists(opts: SearchOptions, resume: bool) -> None:
     if resume and not exists:
         raise UserError(f"no search named {opts.name} in {redact(opts.storage_path)} to resume; check --name and "
                         f"--storage-path")
+
+
+def started_flags(args) -> dict | None:
+    """The defining flags the search ``args.name`` was started with, from its settings file; None when there is
+    none (a new search, or one from before the file held them)."""
+    storage = storage_location(args.storage_path)
+    folder = Path("ray_results").resolve() if "://" in storage else Path(storage)   # as SearchOptions.outcome_dir
+    path = folder / args.name / SETTINGS_FILE
+    return json.loads(path.read_text()).get("flags") if path.is_file() else None
+
+
+def adopt_started_flags(args) -> None:
+    """On --resume, each defining flag not given takes the value the search started with; one given with
+    another value is refused (it would change the data split or the trials of a search half run)."""
+    started = started_flags(args) if args.resume and args.name else None
+    for key, flag in DEFINING_FLAGS.items() if started else ():
+        given, then = getattr(args, key), started.get(key)
+        if given is None or given is False or given == []:      # not given (0 is a value, not "not given")
+            setattr(args, key, then)
+        elif given != then and (then is None or then is False or then == []):
+            raise UserError(f"search {args.name} was started without {flag}; resume it without {flag}")
+        elif given != then:
+            shown = " ".join(f"{flag} {v}" for v in then) if key == "overrides" else flag if then is True else \
+                f"{flag} {then}"
+            raise UserError(f"search {args.name} was started with {shown}; resume it with the same or without {flag}")
+    args.seed = 0 if args.seed is None else args.seed
 
 
 def budget(args, space: Space) -> tuple[int, int, int | None]:
@@ -69,17 +99,23 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, da
         shlex.join(sys.argv)
     tags = {"tuner.space": space.name, "tuner.command": redact(command), "mlflow.note.content": space.description}
     settings = redact_all(search_settings(space, opts))       # no credentials in params, tags or files
-    experiment = args.experiment or saved_settings(opts).get("experiment") or space.name
+    experiment = experiment_name(args, opts, space)
     experiment_id, run_id = start_search_run(client, uri, experiment, opts.name, redact(opts.storage_path), tags,
                                              settings)
     client.log_artifact(run_id, str(space.path))
     client.log_dict(run_id, settings, SETTINGS_FILE)
     log_datasets(client, run_id, datasets)
-    mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id}
+    mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id,
+            "flags": redact_all({key: getattr(args, key) for key in DEFINING_FLAGS})}
     (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
     callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs),
                          datasets, floor, space.stopper)
     return Tracking(uri, experiment_id, run_id, callback)
+
+
+def experiment_name(args, opts: SearchOptions, space: Space) -> str:
+    """--experiment, else (on --resume) the experiment the search started in, else the space's name."""
+    return args.experiment or saved_settings(opts).get("experiment") or space.name
 
 
 def storage_location(arg: str) -> str:
@@ -131,6 +167,7 @@ def lock_path(opts: SearchOptions) -> Path:
 
 def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, Path]:
     """The space, the search's options, its data and data dir: every input checked, nothing started."""
+    adopt_started_flags(args)
     space, overrides = check_inputs(args)
     num_samples, max_epochs, limit = budget(args, space)
     data_dir = resolve_data_dir(args.data_dir)
@@ -207,5 +244,5 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
     if code == 0 and args.analyze:
         from tuner.analyze import analyze_search
 
-        analyze_search(opts.name, uri, data_dir, args.experiment or space.name, args.download)
+        analyze_search(opts.name, uri, data_dir, experiment_name(args, opts, space), args.download)
     return code

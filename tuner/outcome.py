@@ -53,6 +53,8 @@ def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet,
     if safe.offline:
         return None, ["models (MLflow did not answer)"]
     chosen = best if space.multi_objective and k > 0 else best[:k]
+    if not chosen:
+        return None, []      # --log-top-k 0: no model asked for, none missing
     top = ",".join(tid for tid, *_ in chosen)
     parent = safe.call("the search run", "get_run", tracking.parent_run_id)
     if parent is not FAILED and parent.data.tags.get("tuner.registered") == top:

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit the search to a Ray cluster's job server (http://HOST:8265) as a Ray Job that runs "
                         "there without this machine: --storage-path, --data-dir and a tracking server are the "
                         "cluster's; follow it with python -m tuner.jobs")
-    p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the searcher and every trial")
+    p.add_argument("--seed", type=int, help="seeds the validation split, the searcher and every trial (default: 0; "
+                                             "on --resume, the search's own)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a setting on top of the space, e.g. --set lr=0.001 (repeatable)")
     p.add_argument("--grid", action="store_true", help="run the space's choices as an exhaustive grid instead of TPE")

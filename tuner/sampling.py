@@ -16,7 +16,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from tuner.checker import SpaceChecker
 
 STOPPED = ("pruned", "value")   # how a trial ASHA stopped is told to the sampler
-SAMPLERS = ("tpe", "gp")         # Optuna's TPESampler, or its GPSampler (Gaussian-process Bayesian optimisation)
+SAMPLER_CLASSES = {"tpe": "TPESampler", "gp": "GPSampler"}   # GP: Gaussian-process Bayesian optimisation
+SAMPLERS = tuple(SAMPLER_CLASSES)
 DESIGNS = ("random", "latin_hypercube")   # how the start-up trials are drawn
 SEARCHER_KEYS = ("sampler", "multivariate", "constant_liar", "startup_trials", "startup_design", "random_fraction",
                  "stopped")
@@ -97,7 +98,7 @@ class InterleavedSampler(optuna.samplers.BaseSampler):
     def __init__(self, model: optuna.samplers.BaseSampler, fraction: float, seed: int | None):
         self._model, self._fraction = model, fraction
         # Another seed than the model's own random sampler (its start-up draws), so the draws differ.
-        self._random = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 1)
+        self._random = optuna.samplers.RandomSampler(seed=None if seed is None else (seed + 1) % 2**32)
 
     def is_random(self, trial: optuna.trial.FrozenTrial) -> bool:
         n = trial.number      # numbers n where floor((n + 1) * fraction) steps up: every third at 1/3

@@ -23,7 +23,7 @@ from tuner.asha import ChanceFloorASHA, Floor, QuorumASHA, chance_floor, quorum_
 from tuner.console import SearchProgress, asha_milestones
 from tuner.data import TrialData
 from tuner.pruning import OptunaPruning
-from tuner.sampling import latin_hypercube, make_sampler
+from tuner.sampling import SAMPLER_CLASSES, latin_hypercube, make_sampler
 from tuner.spaces import PRUNER_CLASSES, Space
 from tuner.trial import Reporting, train_trial
 
@@ -301,7 +301,8 @@ def objectives_text(objectives: list[tuple[str, str]]) -> str:
 def search_settings(space: Space, opts: SearchOptions) -> dict:
     """The resolved search: what was searched, how, and on what (logged as params and as a JSON artifact)."""
     searcher = {"searcher": "grid (BasicVariantGenerator)"} if opts.grid else {
-        "searcher": f"OptunaSearch (TPESampler), ASHA-stopped trials as {space.searcher.stopped}",
+        "searcher": f"OptunaSearch ({SAMPLER_CLASSES[space.searcher.sampler]}), ASHA-stopped trials as "
+                    f"{space.searcher.stopped}",
         "searcher_seed": opts.seed, "start_points": len(space.start), **space.searcher.describe(space.num_samples)}
     if space.multi_objective:
         searcher["objectives"] = objectives_text(space.objectives)

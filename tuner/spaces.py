@@ -146,9 +146,11 @@ def allowed_list(model: str) -> str:
 
 
 def _check_value(c: SpaceChecker, key: str, value, types: tuple[type, ...], name: str) -> Any:
+    if value is None:       # `lr:` with nothing after it, `~`, `null`, or `--set lr=`: no setting takes None
+        c.fail(key, "has no value; give one, or leave the key out for its default")
     if isinstance(value, str) and str not in types and value.strip().lower() not in ("none", "null"):
         value = c.number(key, value, int if float not in types else float)  # 1e-4 arrives as a string
-    if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+    if (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
         wanted = " or ".join(t.__name__ for t in types)
         hint = " (write layer widths as a string: '64-128')" if isinstance(value, list) else ""
         c.fail(key, f"{value!r} is not a {wanted}{hint}")

@@ -176,6 +176,7 @@ def submit_search(args: argparse.Namespace) -> int:
 
     space, _ = check_inputs(args)
     uri = check_submittable(args)
+    args.tracking_uri = uri     # from $MLFLOW_TRACKING_URI too: the job runs in the cluster's environment, not this one
     name = args.name or unique_name(space.name)
     client = job_client(args.submit)
     if any((j.metadata or {}).get("tuner.search") == name for j in client.list_jobs()):

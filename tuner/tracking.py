@@ -60,10 +60,30 @@ def resolve_tracking_uri(arg: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store under ./mlflow/."""
     uri = arg or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return absolute_sqlite(uri)
     store = default_store_dir()
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def trial_error(trial) -> str:
+    """What a failed trial raised, from the file Ray writes it to (a Ray ``Trial`` keeps no message); its
+    last line, which ``end_reason`` takes, is the exception."""
+    try:
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+    except OSError:
+        text = ""
+    return text.strip() or "error (Ray wrote no error file)"
+
+
+def absolute_sqlite(uri: str) -> str:
+    """``sqlite:///mlflow.db`` (relative to the current folder) as ``sqlite:////abs/mlflow.db``: the store and
+    its artifacts stay where the user meant when the search later runs in another folder or writes files."""
+    prefix = "sqlite:///"
+    path, sep, query = uri[len(prefix):].partition("?")
+    if not uri.startswith(prefix) or path.startswith("/") or path in ("", ":memory:"):
+        return uri
+    return f"{prefix}{Path(path).expanduser().resolve()}{sep}{query}"
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
@@ -88,11 +108,11 @@ def check_tracking(uri: str) -> MlflowClient:
                             f"`mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri") from None
         if reply.status_code != 200:
             raise UserError(f"{shown} answered {reply.status_code} to /health: is it an MLflow tracking server?")
-    elif scheme not in ("sqlite", "file", "postgresql", "mysql", "databricks", ""):
+    elif scheme.split("+")[0] not in ("sqlite", "file", "postgresql", "mysql", "mssql", "databricks", ""):
         raise UserError(f"tracking URI {shown} has an unsupported scheme {scheme!r}; use http(s)://host:port or "
                         f"sqlite:///path/mlflow.db")
-    client = MlflowClient(uri, registry_uri=uri)
-    try:
+    try:        # a database URI whose driver is not installed fails as the client is made
+        client = MlflowClient(uri, registry_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -250,7 +270,7 @@ class TrialRuns(Callback):
         run_id = self.run_id(trial)
         if run_id is None:
             return
-        reason = end_reason(getattr(trial, "error_msg", None) if trial.status == "ERROR" else None,
+        reason = end_reason(trial_error(trial) if trial.status == "ERROR" else None,
                             trial.last_result or {}, *self.asha, self.floor, self.stopper)
         tags = [RunTag("tuner.end_reason", reason), RunTag("tuner.status", trial.status)]
         self.mlflow.call(f"end of trial {trial.trial_id}", "log_batch", run_id, tags=tags)
