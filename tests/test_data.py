@@ -33,6 +33,20 @@ def test_splits_are_disjoint_stratified_and_cover_the_training_set(seed):
     assert np.array_equal(train, again)
 
 
+def test_a_validation_share_too_small_for_every_class_is_one_line():
+    labels = load_part("digits", None, "train").labels
+    with pytest.raises(UserError, match=r"val_fraction 0.005 cannot split 1437 images with every class on both"):
+        split_indices(labels, 0.005, 0)
+
+
+def test_a_gzipped_idx_file_cut_short_is_one_line(tmp_path, data_dir):
+    with open(data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", "rb") as src:
+        packed = gzip.compress(src.read())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(packed[: len(packed) // 2])    # a download cut short
+    with pytest.raises(UserError, match="cannot be read .*; fetch it again"):
+        read_idx(tmp_path / "t10k-labels-idx1-ubyte")
+
+
 def test_mnist_from_torchvisions_layout(data_dir):
     train, test = load_part("mnist", data_dir, "train"), load_part("mnist", data_dir, "test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.test_search import runs_of, search_board
-from tuner.analysis.budget import rung_table
+from tuner.analysis.budget import budget_section, rung_table
 from tuner.analysis.trials import load_record
 from tuner.pruning import OptunaPruning
 from tuner.search import SearchOptions, effective_space, end_reason, make_scheduler, search_settings, trial_reporting
@@ -125,6 +125,7 @@ def test_a_search_stopped_by_the_median_pruner_says_so_in_its_leaderboard_and_ru
     record = load_record(client, parents[0], children)          # the search report names the pruner too
     stops = rung_table(record)["stopped by Optuna's MedianPruner"]
     assert record.settings.stopper == "Optuna's MedianPruner" and stops.sum() == 2 and stops.iloc[0] == 2
+    assert sum(budget_section(record, tmp_path).facts["stopped_per_rung"].values()) == 2   # the report's section
 
 
 def test_the_search_report_counts_a_pruners_stops_as_stops():

@@ -138,6 +138,10 @@ def test_the_head_has_its_own_learning_rate(digits):
     ("resnet18", (3, 32, 32), "features.layer4.1", {"features.layer4.1.conv1", "features.layer4.1.conv2"}),
     ("alexnet", (3, 32, 32), "features.10,classifier", {"features.10", "classifier.out"}),
     ("report004_lenet", (3, 32, 32), "none", set()),
+    ("report000_cnn", (3, 32, 32), "conv,classifier.fc1",        # a kind in a list is still the kind
+     {"features.conv1", "features.conv2", "classifier.fc1"}),
+    ("report000_cnn", (3, 32, 32), "conv,fc", {"features.conv1", "features.conv2", "classifier.fc1",
+                                                "classifier.fc2", "classifier.out"}),
 ])
 def test_weight_decay_reaches_exactly_the_named_layers(model, shape, which, layers):
     net = build_model(model, {}, shape, 10)
@@ -215,6 +219,21 @@ def test_weight_files_and_their_one_line_errors(tmp_path, monkeypatch):
         with pytest.raises(UserError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_imagenet_weights_are_downloaded_as_tensors_only(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))                     # not cached: downloaded
+    asked = {}
+
+    def fetch(url, *args, **kwargs):      # torch.hub.load_state_dict_from_url, as torchvision calls it
+        asked.update(kwargs)
+        return torchvision.models.resnet18().state_dict()
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", fetch)
+    assert imagenet_weights("resnet18", True)
+    assert asked.get("weights_only") is True and asked.get("check_hash") is True
 
 
 def test_weights_are_not_searched_and_come_from_the_same_model(tmp_path):

@@ -76,6 +76,9 @@ def test_patience_stops_a_trial_that_stopped_improving(tmp_path, digits):
     run_trial({**CONFIG, "lr": 0.0, "max_epochs": 10, "patience": 2}, digits, rec)
     assert [r["epoch"] for r in rec.results] == [1, 2, 3]
     assert rec.results[-1]["end_reason"] == "early-stopped by patience 2 at epoch 3"
+    last = Recorder(tmp_path / "last")          # patience that runs out on the last epoch stopped nothing
+    run_trial({**CONFIG, "lr": 0.0, "max_epochs": 3, "patience": 2}, digits, last)
+    assert last.results[-1]["epoch"] == 3 and last.results[-1]["end_reason"] == "completed"
 
 
 def test_an_impossible_architecture_is_reported_not_raised(tmp_path, digits):
@@ -85,6 +88,13 @@ def test_an_impossible_architecture_is_reported_not_raised(tmp_path, digits):
     assert result["val_accuracy"] == 0.0 and result["epoch"] == 0 and not rec.checkpoints
     assert result["end_reason"].startswith("invalid architecture: block 4 maxpool")
     assert all(math.isnan(result[k]) for k in COST_METRICS)     # no network, no size: but every key is there
+
+
+def test_nesterov_without_momentum_is_an_invalid_trial_not_a_failure(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "optimizer": "sgd", "nesterov": True, "momentum": 0.0}, digits, rec)   # torch would raise
+    (result,) = rec.results
+    assert result["epoch"] == 0 and "nesterov: true needs momentum > 0" in result["end_reason"]
 
 
 def test_the_first_report_measures_what_the_network_costs_and_every_report_carries_it(tmp_path, digits):

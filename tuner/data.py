@@ -80,8 +80,11 @@ def _exists(path: Path) -> bool:
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format): magic (2 zero bytes, dtype code, ndim), big-endian dims, data."""
-    with _open(path) as f:
-        raw = bytearray(f.read())   # writable, so tensors made from it need no copy
+    try:
+        with _open(path) as f:
+            raw = bytearray(f.read())   # writable, so tensors made from it need no copy
+    except (OSError, EOFError) as exc:  # a .gz cut short (an interrupted download) or not gzip at all
+        raise UserError(f"{path} (or its .gz) cannot be read ({exc}); fetch it again (--download)") from None
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise UserError(f"{path} is not an unsigned-byte IDX file; fetch it again (--download)")
     ndim = raw[3]
@@ -246,7 +249,11 @@ class TrialData:
 def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, stratified, disjoint train/val indices that together cover every training image."""
     idx = np.arange(len(labels))
-    train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    try:
+        train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:   # stratified: every class needs an image on each side of the split
+        raise UserError(f"val_fraction {val_fraction} cannot split {len(labels)} images with every class on both "
+                        f"sides ({exc}); choose a val_fraction nearer 0.1") from None
     return np.sort(train), np.sort(val)
 
 

@@ -69,7 +69,8 @@ def imagenet_weights(model: str, download: bool) -> dict:
         raise UserError(f"pretrained: imagenet: torchvision's weights for {model} are not in {cached.parent}; add "
                         f"--download to fetch them, or set pretrained to a file, a models:/ URI or none")
     try:
-        state = weights.get_state_dict(progress=True, check_hash=True)
+        # torch.hub's own default unpickles anything; the cached file is read with weights_only as well (_read)
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as exc:
         raise UserError(f"pretrained: imagenet: downloading {weights.url} failed ({exc}); put the file in "
                         f"{cached.parent} by hand") from None

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from models import ArchitectureError
+
 from tuner.batches import DeviceData, EpochBatches, normalize
 from tuner.graphs import StepRunner
 
@@ -75,7 +77,8 @@ def decayed_modules(model: nn.Module, which: str) -> set[str]:
         kind = "conv" if isinstance(m, nn.Conv2d) else "fc" if isinstance(m, nn.Linear) else None
         if kind is None:
             continue
-        if which == "all" or which == kind or any(name == p or name.startswith(p + ".") for p in prefixes):
+        # "conv", "fc" and "all" are kinds wherever they stand in the list; anything else names layers
+        if any(p in ("all", kind) or name == p or name.startswith(p + ".") for p in prefixes):
             names.add(name)
     return names
 
@@ -103,6 +106,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, groups: list[dict] | Non
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
+        if cfg.nesterov and cfg.momentum == 0:     # torch refuses it; the trial is invalid, not failed
+            raise ArchitectureError("nesterov: true needs momentum > 0 (Nesterov's method is a kind of momentum)")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     raise ValueError(f"optimizer {cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
 

@@ -191,9 +191,9 @@ def epoch_metrics(state: TrialState, trainer: Trainer, dd: DeviceData) -> dict:
 
 
 def end_of(state: TrialState, stop: bool) -> str | None:
-    if stop:
-        return f"early-stopped by patience {state.cfg.patience} at epoch {state.epoch}"
-    return "completed" if state.epoch == state.cfg.max_epochs else None
+    if state.epoch == state.cfg.max_epochs:      # patience that runs out on the last epoch stopped nothing
+        return "completed"
+    return f"early-stopped by patience {state.cfg.patience} at epoch {state.epoch}" if stop else None
 
 
 def run_trial(config: dict, data: TrialData, report: Report, start: str | Path | None = None,

@@ -117,8 +117,8 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
                       f"time times its share of devices ({s.device_share:g} per trial: {s.device_unit}).")
     for name in ("budget_rungs.csv", "budget_fifo.csv", "trial_times.csv"):
         section.attach(out / name)
-    section.table(rungs, "per stretch between ASHA's rungs: trials that trained in it, epochs spent, and how the "
-                         "trials that ended in it ended")
+    section.table(rungs, "per stretch between ASHA's rungs (under a pruner: where ASHA would decide): trials that "
+                         "trained in it, epochs spent, and how the trials that ended in it ended")
     section.table(fifo, f"{s.stopper} against FIFO with the same trials; seconds estimated from each trial's own "
                         f"seconds per epoch")
     section.table(pd.DataFrame({"": list(totals(record)), "value": list(totals(record).values())}), "time, in total")
@@ -128,7 +128,7 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
     section.items.append(("table", failures(record), "trials that failed, could not be built, or were lost"))
     section.facts = {"trial_epochs": int(record.trials["epochs"].sum()),
                      "fifo_trial_epochs": int(fifo["trial-epochs"].iloc[1]),
-                     "stopped_per_rung": dict(zip(rungs["ends at"], rungs["stopped by ASHA"]))}
+                     "stopped_per_rung": dict(zip(rungs["ends at"], rungs[f"stopped by {s.stopper}"]))}
     return section
 
 
