@@ -4,6 +4,7 @@ what does not fit, and a champion compared only on the same test set."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -65,6 +66,7 @@ def edit_settings(tmp_path: Path, **changes) -> None:
 
 @pytest.mark.parametrize("changes,expected", [
     ({"model": "evil_net"}, "its settings name the model 'evil_net', which is not registered here"),
+    ({"model": ["convnet"]}, "its settings name the model \"['convnet']\", which is not registered here"),
     ({"config": {"model": "evil_net"}}, "its config is not the trial's settings of its model"),
     ({"config": {"width": 16}}, "its weights do not fit the convnet its settings describe (first: "),
     ({"config": {"lr": -1.0}}, "config.lr: -1.0 is out of range: lr must be > 0"),
@@ -173,6 +175,22 @@ def test_a_model_torch_export_cannot_export_is_logged_as_weights_and_settings(st
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert done["alias"] == "champion" and client.get_logged_model(model_id_of(version)).status == "READY"
+
+
+def test_an_upload_that_fails_leaves_the_trials_run_as_it_ended(store, monkeypatch):
+    uri, client, experiment = store
+    model = wrapped("convnet", DIGITS, (1, 8, 8), 10)
+    c = candidate(client, experiment, model, DIGITS, 0.8)
+    ended = client.get_run(c.run_id).info
+
+    def upload_fails(*args, **kwargs):
+        raise OSError("the artifact store went away")
+
+    monkeypatch.setattr(importlib.import_module("mlflow.pytorch"), "log_model", upload_fails)   # not the lazy stand-in
+    with pytest.raises(OSError):
+        publish(uri, [c], "f", EXAMPLE, 10, TAGS)
+    after = client.get_run(c.run_id).info
+    assert (after.status, after.end_time) == ("FINISHED", ended.end_time)      # not FAILED, not ended again
 
 
 def test_the_champion_is_compared_only_on_the_same_test_set(store):

@@ -79,7 +79,7 @@ def _read_settings(path: Path, where: str) -> dict:
         _fail(where, f"its {SETTINGS_FILE} is not JSON ({str(exc)[:120]})")
     if not isinstance(settings, dict) or settings.get("format") != FORMAT:
         _fail(where, f"its {SETTINGS_FILE} is not a format-{FORMAT} settings file")
-    if settings.get("model") not in MODELS:
+    if not isinstance(settings.get("model"), str) or settings["model"] not in MODELS:   # a list is unhashable
         _fail(where, f"its settings name the model {str(settings.get('model'))[:80]!r}, which is not registered "
                      f"here ({', '.join(sorted(MODELS))})")
     _check_shape(settings, where)

@@ -101,18 +101,21 @@ def log_candidate(c: Candidate, registry_name: str, example: np.ndarray, num_cla
                   client: MlflowClient) -> str:
     """Log one model on its trial's run and register it; returns the new version."""
     ended = client.get_run(c.run_id).info
-    with tempfile.TemporaryDirectory(prefix="tuner-bundle-") as tmp:
-        folder = Path(tmp, FOLDER)
-        files = write_bundle(c.model, c.settings, folder)
-        problem = export_problem(c.model, example)
-        if problem is None:
-            version = log_pt2(c, registry_name, example, num_classes, files)
-        else:
-            print(f"warning: {c.settings['model']} cannot be exported for serving ({problem}); its weights and "
-                  f"settings are logged without a serving flavour", file=sys.stderr)
-            version = log_weights_only(c, registry_name, folder, client)
-    # Reopening the run to log into it must not change when the trial ended.
-    client.set_terminated(c.run_id, status=ended.status, end_time=ended.end_time)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuner-bundle-") as tmp:
+            folder = Path(tmp, FOLDER)
+            files = write_bundle(c.model, c.settings, folder)
+            problem = export_problem(c.model, example)
+            if problem is None:
+                version = log_pt2(c, registry_name, example, num_classes, files)
+            else:
+                print(f"warning: {c.settings['model']} cannot be exported for serving ({problem}); its weights "
+                      f"and settings are logged without a serving flavour", file=sys.stderr)
+                version = log_weights_only(c, registry_name, folder, client)
+    finally:
+        # Reopening the run to log into it must not change how and when the trial ended, even when the upload
+        # failed (MLflow ends a run whose block raised as FAILED).
+        client.set_terminated(c.run_id, status=ended.status, end_time=ended.end_time)
     for key, value in {**tags, "rank": c.rank, "trial_id": c.trial_id, **c.test}.items():
         client.set_model_version_tag(registry_name, version, key, str(value))
     return version
