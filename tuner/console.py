@@ -26,9 +26,6 @@ SILENCED = {
     # A Ray started by the search enables token authentication by itself and says so; the notice only
     # tells how to turn it off. Its counterpart, that a cluster runs without a token, still shows.
     "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
-    # MLflow's caution that a pickled model runs code when it is loaded: these are the search's own models,
-    # logged in MLflow's default format, which the project's loaders expect.
-    "mlflow.pytorch": ("Saving pytorch model by Pickle",),
 }
 
 

@@ -98,7 +98,8 @@ class OptunaPruning(FIFOScheduler):
             self._report(trial_id, result)
         self._ended.add(trial_id)
         if trial_id not in self._trials:
-            return                # ended before its first epoch (a network that cannot be built): nothing to tell
+            return     # no result reached it (failed before its first report): nothing to tell; a network that
+            #            cannot be built reports epoch 0 and is told below as FAIL
         if trial_id in self._pruned:
             self._study.tell(self._trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         elif trial_id in self._best:
