@@ -143,10 +143,6 @@ def nothing_written(tmp_path) -> None:
     assert not (tmp_path / "mlflow").exists() and not (tmp_path / "ray_results").exists()
 
 
-def test_the_table_is_long_enough():
-    assert len(SPACE_CASES) + len(FLAG_CASES) + 3 >= 40
-
-
 @pytest.mark.parametrize("case,text,flags,expected", SPACE_CASES + FLAG_CASES,
                          ids=[c[0] for c in SPACE_CASES + FLAG_CASES])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case, text, flags, expected):

@@ -187,7 +187,7 @@ def test_an_upload_that_fails_leaves_the_trials_run_as_it_ended(store, monkeypat
         raise OSError("the artifact store went away")
 
     monkeypatch.setattr(importlib.import_module("mlflow.pytorch"), "log_model", upload_fails)   # not the lazy stand-in
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="the artifact store went away"):
         publish(uri, [c], "f", EXAMPLE, 10, TAGS)
     after = client.get_run(c.run_id).info
     assert (after.status, after.end_time) == ("FINISHED", ended.end_time)      # not FAILED, not ended again

@@ -117,7 +117,7 @@ def test_search_against_the_embedded_store(quickstart):
     check_champion(uri, client, parent)
     best = client.get_model_version_by_alias("quickstart", "champion")
     run = client.get_run(best.run_id)
-    assert run.info.end_time - run.info.start_time < 60_000   # logging the model kept the trial's end time
+    assert run.info.end_time < best.creation_timestamp     # logging the model, later, kept the trial's end time
 
 
 @pytest.mark.slow

@@ -125,6 +125,6 @@ def test_a_space_sets_the_random_fraction_and_the_run_records_it(tmp_path):
         load_space(str(path))
 
 
-def test_the_largest_seed_gives_the_random_draws_a_seed_of_their_own():
+def test_the_largest_seed_does_not_overflow_the_random_draws_seed():
     sampler = make_sampler(SearcherSettings(random_fraction=0.5), 2**32 - 1, 10)   # --seed's top: seed + 1 wraps
     assert isinstance(sampler, InterleavedSampler)

@@ -128,6 +128,27 @@ def test_latency_is_the_median_of_timed_passes_over_the_batch_asked_for():
     assert batch_of(torch.arange(3), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
 
 
+def test_latency_is_the_median_of_the_timed_passes_not_their_mean_or_the_first(monkeypatch):
+    import statistics
+    from types import SimpleNamespace
+
+    from tuner import costs
+
+    clock = [0.0]
+    passes = iter([0.5, 0.001, 0.009, 0.002, 0.008, 0.003, 0.004, 0.006])    # seconds; the first is untimed
+
+    class Timed(torch.nn.Module):
+        def forward(self, x):
+            clock[0] += next(passes)
+            return x.flatten(1)
+
+    monkeypatch.setattr(costs, "time", SimpleNamespace(perf_counter=lambda: clock[0]))   # a clock the passes move
+    zero = torch.zeros(1, 1, 1, 1)
+    ms = costs.latency_ms(Timed(), torch.zeros(1, 1, 4, 4, dtype=torch.uint8), zero, zero + 1)
+    timed = [0.001, 0.009, 0.002, 0.008, 0.003, 0.004, 0.006][:REPEATS]
+    assert ms == pytest.approx(1000 * statistics.median(timed)) and ms != pytest.approx(1000 * timed[0])
+
+
 def test_crop_translates_each_image_by_its_own_shift_within_the_padding():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
     shifts = torch.tensor([[0, 4], [3, 1]])
