@@ -201,12 +201,26 @@ def run_method(method: str, space: Space, data, seed: int, budget: int, storage:
     wall = time.perf_counter() - started
     if trace_file:
         trace_file.write_text(json.dumps(trace.events[:budget], indent=0))
+    return best_so_far(trace.scores[:budget]), wall, sum(e["epoch"] >= space.max_epochs for e in trace.events[:budget])
+
+
+def best_so_far(scores: list[float]) -> list[float]:
+    """The best score after each trial-epoch; [nan] when no trial trained (every network invalid)."""
     best, curve = float("-inf"), []
-    for score in trace.scores[:budget]:
+    for score in scores:
         best = max(best, score)
         curve.append(best)
-    full = sum(e["epoch"] >= space.max_epochs for e in trace.events[:budget])
-    return curve or [float("nan")], wall, full   # nan: no trial trained (every network invalid)
+    return curve or [float("nan")]
+
+
+def read_random(folder: str, space: str, seed: int, budget: int, max_epochs: int) -> tuple[list[float], float, int]:
+    """Random search's curve from a trace an earlier run wrote (--trace-dir), in place of running it again:
+    every method of this run is then counted against that same baseline. Wall time: nan (not run here)."""
+    path = Path(folder) / f"{Path(space).stem}-random-{seed}.json"
+    if not path.is_file():
+        raise SystemExit(f"--targets-from: {path} does not exist; write it with --trace-dir first")
+    events = json.loads(path.read_text())[:budget]
+    return best_so_far([e["score"] for e in events]), float("nan"), sum(e["epoch"] >= max_epochs for e in events)
 
 
 def epochs_to_reach(curve: list[float], target: float) -> int | None:
@@ -262,8 +276,13 @@ def table(space: str, rows: list[Row], args, images: tuple[int, int]) -> str:
         lines.append(f"| {r.method} | {statistics.mean(r.finals):.4f} ± {sd:.4f} | "
                      f"{', '.join('never' if x is None else str(x) for x in r.reach)} | {share} | "
                      f"{r.within_third} of {len(r.reach)} | {r.at_least_random} of {len(r.finals)} | "
-                     f"{statistics.mean(r.full):.1f} | {statistics.mean(r.walls):.0f} |")
+                     f"{statistics.mean(r.full):.1f} | {wall_text(r.walls)} |")
     return "\n".join(lines)
+
+
+def wall_text(walls: list[float]) -> str:
+    mean = statistics.mean(walls)
+    return "(read from a trace)" if math.isnan(mean) else f"{mean:.0f}"
 
 
 def prepared_space(name: str, args) -> Space:
@@ -289,7 +308,10 @@ def bench_space(name: str, args, storage: str) -> tuple[list[Row], tuple[int, in
         data = prepare_trial_data(space.dataset, resolve_data_dir(args.data_dir), space.val_fraction, seed)
         data.train_idx = limit_indices(data.train_idx, data.labels, args.train_images, seed)
         data.val_idx = limit_indices(data.val_idx, data.labels, args.val_images, seed)
-        for method in args.methods:
+        if args.targets_from:
+            curves["random"][seed], walls["random"][seed], full["random"][seed] = read_random(
+                args.targets_from, name, seed, args.budget, space.max_epochs)
+        for method in [m for m in args.methods if not (args.targets_from and m == "random")]:
             trace = Path(args.trace_dir) / f"{Path(name).stem}-{method}-{seed}.json" if args.trace_dir else None
             curves[method][seed], walls[method][seed], full[method][seed] = run_method(
                 method, space, data, seed, args.budget, storage, trace, args.num_samples)
@@ -317,6 +339,9 @@ def parse_args(argv):
                         "between the best networks)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a setting in every space, as tuner.run --set")
+    p.add_argument("--targets-from", metavar="DIR",
+                   help="read random search's traces from DIR (an earlier run's --trace-dir) instead of running it: "
+                        "the methods of this run are counted against that baseline (default: run random search)")
     p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
     p.add_argument("--trace-dir", help="write every search's trial-epochs (trial, epoch, score, settings) here as "
                                        "JSON, one file per space, method and seed (default: none)")

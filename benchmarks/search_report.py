@@ -74,9 +74,10 @@ class Asha:
     def goes_on(self, epoch: int, score: float) -> bool:
         if epoch not in self.rungs:
             return True
-        recorded = self.rungs[epoch]
+        recorded = self.rungs[epoch]      # Ray's rule: the cutoff is over the scores recorded before this one
+        goes = not recorded or score >= np.percentile(recorded, (1 - 1 / self.factor) * 100)
         recorded.append(score)
-        return score >= np.percentile(recorded, (1 - 1 / self.factor) * 100)
+        return goes
 
 
 def trial_epochs(config: dict, asha: Asha, max_t: int, rng) -> tuple[list[float], str]:

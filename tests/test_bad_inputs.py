@@ -235,3 +235,31 @@ def test_resume_with_other_defining_flags_is_refused(tmp_path, monkeypatch, caps
     started(tmp_path, seed=3, overrides=["lr=0.01"])
     code = main(args_for(tmp_path, None, ["--name", "t", "--resume", *flags]))
     check_one_line(code, capsys.readouterr().err, expected)
+
+
+def test_a_damaged_settings_file_is_one_line_on_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rr" / "t").mkdir(parents=True)
+    (tmp_path / "rr" / "t" / "search_settings.json").write_text('{"flags": {"seed": 3')      # cut short
+    check_one_line(main(args_for(tmp_path, None, ["--name", "t", "--resume"])), capsys.readouterr().err,
+                   "search_settings.json cannot be read (JSONDecodeError)")
+
+
+def test_a_flag_the_settings_file_lacks_stays_as_given(tmp_path):
+    folder = tmp_path / "rr" / "t"
+    folder.mkdir(parents=True)
+    (folder / "search_settings.json").write_text(json.dumps({"flags": {"seed": 3}}))
+    args = parse_args(args_for(tmp_path, None, ["--name", "t", "--resume", "--set", "lr=0.01"]))
+    adopt_started_flags(args)
+    assert args.seed == 3 and args.overrides == ["lr=0.01"] and args.grid is False
+
+
+def test_a_search_that_stored_a_relative_sqlite_uri_resumes_with_it(tmp_path, monkeypatch):
+    from tuner.driver import tracking_uri_for
+    from tuner.search import SearchOptions
+
+    monkeypatch.chdir(tmp_path)
+    opts = SearchOptions("t", str(tmp_path / "rr"), 1, 1, 1, 0)
+    (opts.outcome_dir / "search_settings.json").write_text(json.dumps({"tracking_uri": "sqlite:///m.db"}))
+    args = parse_args(["--name", "t", "--resume", "--tracking-uri", "sqlite:///m.db"])
+    assert tracking_uri_for(args, opts) == f"sqlite:///{tmp_path / 'm.db'}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -39,6 +40,12 @@ def test_search_efficiency_compares_the_methods(ray_session, data_dir, tmp_path,
     assert again[0]["config"] != random[0]["config"] and len(again) == 6 and rows[3].full[0] == 3
     out = capsys.readouterr().out
     assert "trial-epochs to random's final best" in out and "trials trained to max_epochs" in out
+    # Against the same baseline, read from its trace instead of run again:
+    again = search_efficiency.main(["--spaces", "quickstart", "--methods", "asha-random", "--budget", "6",
+                                    "--seeds", "0", "--max-epochs", "2", "--train-images", "256",
+                                    "--data-dir", str(data_dir), "--targets-from", str(tmp_path)])["quickstart"]
+    assert [r.method for r in again] == ["random", "asha-random"] and again[0].targets == rows[0].targets
+    assert again[0].finals == rows[0].finals and math.isnan(again[0].walls[0])
 
 
 def test_the_epoch_budget_counts_each_epoch_once():

@@ -50,7 +50,11 @@ def started_flags(args) -> dict | None:
     storage = storage_location(args.storage_path)
     folder = Path("ray_results").resolve() if "://" in storage else Path(storage)   # as SearchOptions.outcome_dir
     path = folder / args.name / SETTINGS_FILE
-    return json.loads(path.read_text()).get("flags") if path.is_file() else None
+    try:
+        return json.loads(path.read_text()).get("flags") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); it holds the flags search {args.name} "
+                        f"was started with: resume with them given again after restoring or removing it") from None
 
 
 def adopt_started_flags(args) -> None:
@@ -58,7 +62,7 @@ def adopt_started_flags(args) -> None:
     another value is refused (it would change the data split or the trials of a search half run)."""
     started = started_flags(args) if args.resume and args.name else None
     for key, flag in DEFINING_FLAGS.items() if started else ():
-        given, then = getattr(args, key), started.get(key)
+        given, then = getattr(args, key), started.get(key, getattr(args, key))    # a key it lacks: as given
         if given is None or given is False or given == []:      # not given (0 is a value, not "not given")
             setattr(args, key, then)
         elif given != then and (then is None or then is False or then == []):
@@ -131,10 +135,11 @@ def saved_settings(opts: SearchOptions) -> dict:
 def tracking_uri_for(args, opts: SearchOptions) -> str:
     """The tracking URI; a resumed search keeps logging where it started. The search's files hold it
     without credentials, so a URI with credentials is given again (flag or environment) to resume."""
-    from tuner.tracking import resolve_tracking_uri
+    from tuner.tracking import absolute_sqlite, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     started = saved_settings(opts).get("tracking_uri") if args.resume else None
+    started = started and absolute_sqlite(started)     # one stored as given, relative, before they were made absolute
     if not started or redact(uri) == started:
         return uri
     if args.tracking_uri:
@@ -153,6 +158,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[Space, dict]:
     for what, name in (("--name", args.name), ("--experiment", args.experiment)):
         if name is not None:
             check_name(what, name)
+    adopt_started_flags(args)     # after the name check: the name is part of the settings file's path
     space = load_space(args.space)
     check_name("the space file's name (it names the MLflow experiment and model)", space.name)
     return space, dict(parse_override(o, space) for o in args.overrides)
@@ -167,7 +173,6 @@ def lock_path(opts: SearchOptions) -> Path:
 
 def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, Path]:
     """The space, the search's options, its data and data dir: every input checked, nothing started."""
-    adopt_started_flags(args)
     space, overrides = check_inputs(args)
     num_samples, max_epochs, limit = budget(args, space)
     data_dir = resolve_data_dir(args.data_dir)
