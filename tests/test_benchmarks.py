@@ -75,6 +75,7 @@ def test_search_efficiency_counts_the_seeds_that_meet_the_target():
 def test_overhead_breaks_the_wall_time_down(ray_session, capsys):
     m = overhead.main(["--", "--num-samples", "2", "--max-epochs", "2"])
     assert m["code"] == 0 and m["train"] > 0 and m["wall"] > m["phases"]["search"] > 0
+    assert 0 < m["mlflow_trials"] < m["phases"]["search"]      # the trials' MLflow writes, not the conclusion's
     assert "not training steps:" in capsys.readouterr().out
 
 
