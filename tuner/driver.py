@@ -63,15 +63,25 @@ def adopt_started_flags(args) -> None:
     started = started_flags(args) if args.resume and args.name else None
     for key, flag in DEFINING_FLAGS.items() if started else ():
         given, then = getattr(args, key), started.get(key, getattr(args, key))    # a key it lacks: as given
-        if given is None or given is False or given == []:      # not given (0 is a value, not "not given")
+        if not_given(given):
             setattr(args, key, then)
-        elif given != then and (then is None or then is False or then == []):
+        elif given != then and not_given(then):
             raise UserError(f"search {args.name} was started without {flag}; resume it without {flag}")
         elif given != then:
-            shown = " ".join(f"{flag} {v}" for v in then) if key == "overrides" else flag if then is True else \
-                f"{flag} {then}"
-            raise UserError(f"search {args.name} was started with {shown}; resume it with the same or without {flag}")
+            raise UserError(f"search {args.name} was started with {as_typed(flag, then)}; resume it with the same or "
+                            f"without {flag}")
     args.seed = 0 if args.seed is None else args.seed
+
+
+def not_given(value) -> bool:
+    return value is None or value is False or value == []     # 0 is a value, not "not given"
+
+
+def as_typed(flag: str, value) -> str:
+    """A flag's value as typed on the command line: ``--set a=1 --set b=2``, ``--grid``, ``--seed 3``."""
+    if isinstance(value, list):
+        return " ".join(f"{flag} {v}" for v in value)
+    return flag if value is True else f"{flag} {value}"
 
 
 def budget(args, space: Space) -> tuple[int, int, int | None]:
