@@ -18,8 +18,8 @@ from tuner.errors import UserError
 from tuner.guards import DriverLock, check_name, prepare_storage, redact, redact_all, unique_name
 from tuner.limits import check_flags
 from tuner.pretrained import resolve_pretrained
-from tuner.search import (SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, search_floor,
-                          search_settings)
+from tuner.search import (SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, outcome_folder,
+                          search_floor, search_settings)
 from tuner.spaces import Space, load_space, parse_override
 from tuner.stopping import GracefulStop
 from tuner.timing import Timings
@@ -47,9 +47,7 @@ def check_exists(opts: SearchOptions, resume: bool) -> None:
 def started_flags(args) -> dict | None:
     """The defining flags the search ``args.name`` was started with, from its settings file; None when there is
     none (a new search, or one from before the file held them)."""
-    storage = storage_location(args.storage_path)
-    folder = Path("ray_results").resolve() if "://" in storage else Path(storage)   # as SearchOptions.outcome_dir
-    path = folder / args.name / SETTINGS_FILE
+    path = outcome_folder(storage_location(args.storage_path), args.name) / SETTINGS_FILE
     try:
         return json.loads(path.read_text()).get("flags") if path.is_file() else None
     except (OSError, ValueError, AttributeError) as exc:

@@ -62,9 +62,14 @@ class SearchOptions:
     def outcome_dir(self) -> Path:
         """A local folder for the leaderboard and plots: the experiment's own, or ./ray_results/NAME when
         results live in object storage."""
-        folder = Path("ray_results").resolve() / self.name if self.remote_storage else Path(self.experiment_path)
+        folder = outcome_folder(self.storage_path, self.name)
         folder.mkdir(parents=True, exist_ok=True, mode=0o755)   # never group-writable: --resume checks it
         return folder
+
+
+def outcome_folder(storage_path: str, name: str) -> Path:
+    """Where search ``name``'s leaderboard, plots and settings file are (SearchOptions.outcome_dir, not made)."""
+    return Path("ray_results").resolve() / name if "://" in storage_path else Path(storage_path.rstrip("/"), name)
 
 
 def effective_space(space: Space, opts: SearchOptions) -> Space:
