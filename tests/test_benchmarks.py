@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -48,6 +49,12 @@ def test_search_efficiency_compares_the_methods(ray_session, data_dir, tmp_path,
     assert again[0].finals == rows[0].finals and math.isnan(again[0].walls[0])
 
 
+def test_the_median_trial_epochs_is_never_when_most_seeds_never_reach():
+    row = search_efficiency.Row("m", [0.9] * 3, [None, 5, None], [1.0] * 3, [0] * 3, 6, [0.9] * 3)
+    assert row.median_reach is None
+    assert dataclasses.replace(row, reach=[None, 5, 2]).median_reach == 5     # never counts as the longest
+
+
 def test_the_epoch_budget_counts_each_epoch_once():
     budget = search_efficiency.EpochBudget(4)
     first = {"epoch": 2, "epochs": [{"epoch": 1}, {"epoch": 2}]}
@@ -67,8 +74,9 @@ def test_search_efficiency_counts_the_seeds_that_meet_the_target():
     random, tpe = search_efficiency.summarise(curves, walls, full, budget=6)
     assert tpe.reach == [1, 4] and tpe.within_third == 1 and tpe.at_least_random == 2   # a third of 6: 2
     assert random.reach == [6, 1] and random.within_third == 1
+    assert tpe.median_reach == 2.5 and random.median_reach == 3.5
     args = type("Args", (), {"budget": 6, "seeds": [0, 1]})
-    assert "| tpe | 0.9000 ± 0.0500 | 1, 4 | 0.67 | 1 of 2 | 2 of 2 | 1.0 | 1 |" in \
+    assert "| tpe | 0.9000 ± 0.0500 | 1, 4 | 0.67 | 2.5 | 1 of 2 | 2 of 2 | 1.0 | 1 |" in \
         search_efficiency.table("space", [random, tpe], args, (10, 10))
 
 
