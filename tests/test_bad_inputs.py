@@ -187,6 +187,20 @@ def test_a_resumed_search_whose_folder_others_can_write_is_refused(tmp_path, mon
     check_one_line(code, capsys.readouterr().err, "the search's folder")
 
 
+def test_missing_test_files_are_told_before_the_search(tmp_path, monkeypatch, capsys, data_dir):
+    """The test set is read after the trials end; a data dir without it is refused before they start."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for f in (data_dir / "cifar-10-subset" / "cifar-10-batches-py").iterdir():
+        if f.name != "test_batch":
+            (folder / f.name).symlink_to(f)
+    space = SPACE.replace("dataset: digits", "dataset: cifar10")
+    code = main(args_for(tmp_path, space, ["--data-dir", str(tmp_path / "data")]))
+    check_one_line(code, capsys.readouterr().err, "with test_batch")
+    nothing_written(tmp_path)
+
+
 def test_a_space_file_whose_name_is_not_allowed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my space.yaml").write_text(SPACE)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tuner.data import load_part, prepare_trial_data, read_idx, resolve_data_dir, split_indices
+from tuner.data import check_test_files, load_part, prepare_trial_data, read_idx, resolve_data_dir, split_indices
 from tuner.errors import UserError
 
 
@@ -47,6 +47,51 @@ def test_a_gzipped_idx_file_cut_short_is_one_line(tmp_path, data_dir):
         read_idx(tmp_path / "t10k-labels-idx1-ubyte")
 
 
+def test_a_damaged_gzipped_idx_file_is_one_line(tmp_path, data_dir):
+    packed = bytearray(gzip.compress((data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes()))
+    packed[17] ^= 0xFF                                            # a damaged byte in the deflate stream
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(packed))
+    with pytest.raises(UserError, match="cannot be read .*; fetch it again"):
+        read_idx(tmp_path / "t10k-labels-idx1-ubyte")
+
+
+@pytest.mark.parametrize("keep", [3, 6])
+def test_an_idx_file_cut_inside_its_header_is_one_line(tmp_path, data_dir, keep):
+    (tmp_path / "x").write_bytes((data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()[:keep])
+    with pytest.raises(UserError, match="IDX file|inside its header"):
+        read_idx(tmp_path / "x")
+
+
+def mnist_test_files(folder, data_dir, images="t10k-images-idx3-ubyte", labels="t10k-labels-idx1-ubyte"):
+    raw = data_dir / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t10k-images-idx3-ubyte").symlink_to(raw / images)
+    (folder / "t10k-labels-idx1-ubyte").symlink_to(raw / labels)
+
+
+def test_a_labels_file_in_place_of_the_images_is_one_line(tmp_path, data_dir):
+    mnist_test_files(tmp_path / "MNIST" / "raw", data_dir, images="t10k-labels-idx1-ubyte")
+    with pytest.raises(UserError, match="should hold images .3 dimensions. and .* labels .1., not 1 and 1"):
+        load_part("mnist", tmp_path, "test")
+
+
+def test_images_and_labels_that_do_not_pair_up_are_one_line(tmp_path, data_dir):
+    mnist_test_files(tmp_path / "MNIST" / "raw", data_dir, labels="train-labels-idx1-ubyte")   # 60,000 labels
+    with pytest.raises(UserError, match="holds 10000 images but 60000 labels"):
+        load_part("mnist", tmp_path, "test")
+
+
+def test_the_data_dir_may_be_torchvisions_mnist_folder(data_dir):
+    assert len(load_part("mnist", data_dir / "MNIST", "test")) == 10000        # MNIST/raw/ under it
+
+
+def test_folders_named_like_cifar100s_files_are_not_its_files(tmp_path):
+    for name in ("train", "test", "meta"):
+        (tmp_path / name).mkdir()                    # an image-folder layout, not cifar-100-python's pickles
+    with pytest.raises(UserError, match="dataset cifar100 not found"):
+        load_part("cifar100", tmp_path, "train")
+
+
 def test_mnist_from_torchvisions_layout(data_dir):
     train, test = load_part("mnist", data_dir, "train"), load_part("mnist", data_dir, "test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
@@ -79,6 +124,10 @@ def test_trial_data_never_needs_the_test_files(tmp_path, data_dir):
     assert len(data.train_idx) + len(data.val_idx) == 8068
     with pytest.raises(UserError, match="test_batch"):
         load_part("cifar10", tmp_path, "test")
+    with pytest.raises(UserError, match="test_batch"):     # what a search checks before its trials start
+        check_test_files("cifar10", tmp_path)
+    check_test_files("cifar10", data_dir / "cifar-10-subset")
+    check_test_files("digits", tmp_path)                    # embedded: nothing to find
 
 
 def test_a_missing_dataset_says_where_to_put_it_in_one_line(tmp_path):

@@ -183,14 +183,15 @@ def test_a_cifar_batch_that_would_run_code_is_one_line_and_runs_nothing(tmp_path
     assert "\n" not in message and not marker.exists()
 
 
-def test_the_real_cifar_subset_still_loads_and_a_batch_of_numpy_arrays_too(tmp_path, data_dir):
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_the_real_cifar_subset_still_loads_and_a_batch_of_numpy_arrays_too(tmp_path, data_dir, protocol):
     subset = load_part("cifar10", data_dir / "cifar-10-subset", "test")
     assert subset.images.dtype == np.uint8 and len(subset) > 0 and subset.classes[0] == "airplane"
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for name in ("data_batch_1", "test_batch"):       # written the way Python 3 and numpy write them today
         (folder / name).write_bytes(pickle.dumps({"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 7,
-                                                  "labels": np.array([3, 1])}, protocol=4))
+                                                  "labels": np.array([3, 1])}, protocol=protocol))
     part = load_part("cifar10", tmp_path, "train")
     assert part.images.shape == (2, 3, 32, 32) and list(part.labels) == [3, 1]
 

@@ -14,7 +14,7 @@ from tuner.errors import UserError
 from tuner.pretrained import _typed, from_file, imagenet_weights, resolve_pretrained, source_settings
 from tuner.spaces import SPACES_DIR, load_space
 from tuner.train import TrainConfig
-from tuner.transfer import check_decay_names, load_pretrained, optimizer_groups, prepare, split_backbone
+from tuner.transfer import check_decay_names, load_pretrained, optimizer_groups, own_params, prepare, split_backbone
 from tuner.trial import TrialState, device_data
 
 CPU = torch.device("cpu")
@@ -95,13 +95,61 @@ def test_a_trial_told_of_weights_it_did_not_get_does_not_train_from_scratch(digi
 
 def test_the_last_five_layers_of_resnet18_are_its_last_block():
     net = build_model("resnet18", {}, (3, 32, 32), 10)
-    fixed, trainable = split_backbone(net, 5)
+    fixed, trainable = (own_params(modules) for modules in split_backbone(net, 5))
     names = {id(p): n for n, p in net.named_parameters()}
     assert {names[id(p)].split(".")[1] for p in trainable} == {"layer4"}
     assert len(fixed) + len(trainable) == len(part(net, "features"))
     convs = [m for n, m in net.named_modules() if n.startswith("features.layer4") and isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 5 and {id(p) for m in convs for p in m.parameters()} <= {id(p) for p in trainable}
     assert split_backbone(net, "all")[0] == [] and split_backbone(net, 0)[1] == []
+
+
+def running_stats(model, prefix: str) -> list[torch.Tensor]:
+    return [b.detach().clone() for n, b in model.named_buffers() if n.startswith(prefix) and "running_" in n]
+
+
+@pytest.mark.parametrize("settings,frozen,trains", [
+    ({"refine_start_step": "never"}, "features", "classifier"),
+    ({"trainable_layers": 5}, "features.layer1", "features.layer4"),
+])
+def test_frozen_batch_norms_keep_their_running_statistics_if_asked(digits, settings, frozen, trains):
+    """With freeze_batch_norm a frozen layer's batch norm normalises with its running statistics and leaves
+    them as they are (as Keras's frozen BatchNormalization)."""
+    state = TrialState({**CONFIG, "model": "resnet18", "freeze_batch_norm": True, **settings}, digits, CPU)
+    held, free = running_stats(state.model, frozen), running_stats(state.model, "features.layer4")
+    assert held
+    for _ in range(2):                                       # each epoch starts in training mode
+        epoch(state, digits)
+    assert all(same(held, running_stats(state.model, frozen)))
+    if trains == "features.layer4":
+        assert not any(same(free, running_stats(state.model, trains)))     # the layers that train do update
+
+
+def test_frozen_batch_norms_follow_the_new_data_by_default(digits):
+    state = TrialState({**CONFIG, "model": "resnet18", "refine_start_step": "never"}, digits, CPU)
+    before = running_stats(state.model, "features")
+    epoch(state, digits)
+    assert not any(same(before, running_stats(state.model, "features")))
+
+
+def test_held_batch_norms_thaw_with_the_backbone(digits):
+    state = TrialState({**CONFIG, "model": "resnet18", "refine_start_step": 2, "freeze_batch_norm": True}, digits,
+                       CPU)
+    before = running_stats(state.model, "features")
+    epoch(state, digits)                                      # steps 0 and 1: frozen
+    assert all(same(before, running_stats(state.model, "features")))
+    epoch(state, digits)                                      # steps 2 and 3: the backbone trains
+    assert not any(same(before, running_stats(state.model, "features")))
+
+
+def test_weights_without_batch_norm_step_counts_still_fit():
+    """ImageNet's ResNet files were saved before batch norms counted their steps."""
+    net = build_model("resnet18", {}, (3, 32, 32), 10)
+    source = {k: v for k, v in build_model("resnet18", {}, (3, 32, 32), 10).state_dict().items()
+              if not k.endswith("num_batches_tracked")}
+    loaded = load_pretrained(net, source)
+    assert len(loaded["loaded"]) == len(source) and all(k.endswith("num_batches_tracked") or
+                                                        k.startswith("classifier") for k in loaded["new"])
 
 
 def test_trainable_layers_leaves_the_rest_unchanged(digits):

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +72,12 @@ def resolve_data_dir(arg: str | os.PathLike | None) -> Path:
 
 def _open(path: Path):
     gz = path.with_name(path.name + ".gz")
-    return open(path, "rb") if path.exists() else gzip.open(gz, "rb")
+    return open(path, "rb") if path.is_file() else gzip.open(gz, "rb")
 
 
 def _exists(path: Path) -> bool:
-    return path.exists() or path.with_name(path.name + ".gz").exists()
+    # files, not folders: a data dir that holds train/ and test/ folders is not CIFAR-100's train and test
+    return path.is_file() or path.with_name(path.name + ".gz").is_file()
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -83,11 +85,13 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with _open(path) as f:
             raw = bytearray(f.read())   # writable, so tensors made from it need no copy
-    except (OSError, EOFError) as exc:  # a .gz cut short (an interrupted download) or not gzip at all
+    except (OSError, EOFError, zlib.error) as exc:  # a .gz cut short or damaged, or not gzip at all
         raise UserError(f"{path} (or its .gz) cannot be read ({exc}); fetch it again (--download)") from None
-    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise UserError(f"{path} is not an unsigned-byte IDX file; fetch it again (--download)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"{path} is truncated inside its header; fetch it again (--download)")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -101,6 +105,7 @@ class CifarUnpickler(pickle.Unpickler):
     so a data folder from elsewhere cannot run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),   # protocol 5
                ("numpy", "ndarray"), ("numpy", "dtype"),
                ("_codecs", "encode")}   # how protocol 2 pickles written by Python 3 spell bytes
 
@@ -125,9 +130,18 @@ def _unpickle(path: Path) -> dict:
 
 def _read_mnist_like(folder: Path, spec: DatasetSpec, part: str, classes: list[str]) -> ImageSet:
     img_file, lbl_file = spec.files[part]
-    images = read_idx(folder / img_file)[:, None, :, :]
-    labels = read_idx(folder / lbl_file).astype(np.int64)
-    return ImageSet(np.ascontiguousarray(images), labels, classes)
+    images, labels = read_idx(folder / img_file), read_idx(folder / lbl_file)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise UserError(f"{folder}: {img_file} should hold images (3 dimensions) and {lbl_file} labels (1), not "
+                        f"{images.ndim} and {labels.ndim}; fetch the dataset again (--download)")
+    check_counts(folder, len(images), len(labels))
+    return ImageSet(np.ascontiguousarray(images[:, None, :, :]), labels.astype(np.int64), classes)
+
+
+def check_counts(folder: Path, images: int, labels: int) -> None:
+    """Every image has its label: a labels file from another part or release would mislabel silently."""
+    if images != labels:
+        raise UserError(f"{folder} holds {images} images but {labels} labels; fetch the dataset again (--download)")
 
 
 def _read_cifar(folder: Path, part: str, fine: bool) -> ImageSet:
@@ -141,10 +155,11 @@ def _read_cifar(folder: Path, part: str, fine: bool) -> ImageSet:
     try:
         images = np.concatenate([np.asarray(d["data"], dtype=np.uint8) for d in dicts]).reshape(-1, 3, 32, 32)
         labels = np.concatenate([np.asarray(d[label_key], dtype=np.int64) for d in dicts])
-        classes = list(_unpickle(meta)[names_key]) if meta.exists() else [str(i) for i in range(labels.max() + 1)]
+        classes = list(_unpickle(meta)[names_key]) if meta.is_file() else [str(i) for i in range(labels.max() + 1)]
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{folder} does not hold CIFAR batches ({type(exc).__name__}: {str(exc)[:160]}); fetch "
                         f"the dataset again (--download)") from None
+    check_counts(folder, len(images), len(labels))
     return ImageSet(np.ascontiguousarray(images), labels, classes)
 
 
@@ -163,9 +178,10 @@ def _read_digits(part: str) -> ImageSet:
 # ---- finding and fetching --------------------------------------------------------------------------------
 
 def _find_folder(name: str, data_dir: Path, part: str) -> Path | None:
-    """The folder holding ``name``'s files: <dir>/<folder>/raw, <dir>/<folder>, or <dir> itself."""
+    """The folder holding ``name``'s files: <dir>/<folder>/raw, <dir>/<folder>, <dir> itself, or <dir>/raw
+    (where <dir> is torchvision's MNIST/ or FashionMNIST/ folder)."""
     spec = DATASETS[name]
-    for folder in (data_dir / spec.folder / "raw", data_dir / spec.folder, data_dir):
+    for folder in (data_dir / spec.folder / "raw", data_dir / spec.folder, data_dir, data_dir / "raw"):
         if all(_exists(folder / f) for f in spec.files[part]):
             return folder
     return None
@@ -191,12 +207,8 @@ def where_read(name: str, data_dir: Path | None, part: str) -> str:
     return str(folder or data_dir)
 
 
-def load_part(name: str, data_dir: Path, part: str, download: bool = False) -> ImageSet:
-    """Read the 'train' or 'test' part of a dataset."""
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if name == "digits":
-        return _read_digits(part)
+def find_part(name: str, data_dir: Path, part: str, download: bool = False) -> Path:
+    """The folder that holds a dataset's 'train' or 'test' files, fetched first if asked."""
     spec = DATASETS[name]
     folder = _find_folder(name, data_dir, part)
     if folder is None and download:
@@ -208,6 +220,22 @@ def load_part(name: str, data_dir: Path, part: str, download: bool = False) -> I
             f"dataset {name} not found in {data_dir}: expected {data_dir / spec.folder}/ with {wanted}; "
             f"pass --download to fetch it, or --data-dir (or TUNER_DATA_DIR) pointing at the folder that holds "
             f"{spec.folder}/")
+    return folder
+
+
+def check_test_files(name: str, data_dir: Path, download: bool = False) -> None:
+    """A search reads the test files only after its trials end: a missing one is told before they start."""
+    if DATASETS.get(name) is not None and name != "digits":
+        find_part(name, data_dir, "test", download)
+
+
+def load_part(name: str, data_dir: Path, part: str, download: bool = False) -> ImageSet:
+    """Read the 'train' or 'test' part of a dataset."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "digits":
+        return _read_digits(part)
+    spec, folder = DATASETS[name], find_part(name, data_dir, part, download)
     if name == "mnist":
         return _read_mnist_like(folder, spec, part, [str(i) for i in range(10)])
     if name == "fashion_mnist":

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tuner.asha import Floor
-from tuner.data import TrialData, load_part, prepare_trial_data, resolve_data_dir
+from tuner.data import TrialData, check_test_files, load_part, prepare_trial_data, resolve_data_dir
 from tuner.errors import UserError
 from tuner.guards import DriverLock, check_name, prepare_storage, redact, redact_all, unique_name
 from tuner.limits import check_flags
@@ -185,6 +185,7 @@ def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, 
     num_samples, max_epochs, limit = budget(args, space)
     data_dir = resolve_data_dir(args.data_dir)
     data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
+    check_test_files(space.dataset, data_dir, args.download)
     opts = SearchOptions(args.name or unique_name(space.name), storage_location(args.storage_path), num_samples,
                          max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
     if not opts.remote_storage:

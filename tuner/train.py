@@ -170,12 +170,16 @@ class Trainer:
     schedule and the weight average. Loss and accuracy add up on the device and are read once an epoch.
 
     ``trainable`` (optional) is called before each step with the schedule's step and returns which
-    parameters train now (transfer learning thaws a backbone at a given step); a change re-captures."""
+    parameters train now (transfer learning thaws a backbone at a given step); a change re-captures.
+    ``train_mode`` (optional) puts the model in training mode at each epoch's start (transfer learning keeps
+    frozen layers' batch norms in eval mode); default ``model.train()``."""
 
     def __init__(self, model, optimizer, schedule, data: DeviceData, cfg: TrainConfig, gen: torch.Generator,
-                 ema: WeightAverage | None = None, trainable: Callable[[int], Hashable] | None = None):
+                 ema: WeightAverage | None = None, trainable: Callable[[int], Hashable] | None = None,
+                 train_mode: Callable[[], object] | None = None):
         self.model, self.optimizer, self.schedule, self.data, self.cfg = model, optimizer, schedule, data, cfg
         self.gen, self.ema, self.trainable = gen, ema, trainable
+        self.train_mode = train_mode or model.train
         device = data.x_train.device
         self.batches = EpochBatches(len(data.y_train), cfg.batch_size, cfg.augment, cfg.crop_padding, device)
         self.index = torch.zeros(1, dtype=torch.long, device=device)
@@ -197,7 +201,7 @@ class Trainer:
 
     def epoch(self) -> tuple[float, float]:
         """One pass over the train split; returns (mean loss, accuracy), read back once."""
-        self.model.train()
+        self.train_mode()
         self.batches.draw(self.gen)
         for t in (self.index, self.loss_sum, self.correct):
             t.zero_()

@@ -19,6 +19,7 @@ from tuner.train import TrainConfig, decayed_modules, param_groups
 
 HEAD = "classifier"            # the head's module name in every registered model
 LAYERS = (nn.Conv2d, nn.Linear)
+NORMS = nn.modules.batchnorm._BatchNorm   # layers with running statistics, which training updates without a gradient
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TransferConfig:
     refine_start_step: int | str = 0      # optimizer steps before the backbone trains; "never": it stays frozen
     trainable_layers: int | str = "all"   # the backbone's last k conv/linear layers (and their norms) train; "all"
     head_lr: float = 0.0                  # learning rate of the head; 0 = lr
+    freeze_batch_norm: bool = False       # frozen layers' batch norms keep their running statistics (as Keras)
 
     @classmethod
     def from_config(cls, config: dict) -> "TransferConfig":
@@ -70,20 +72,24 @@ def head_of(model: nn.Module) -> nn.Module:
 
 
 def backbone_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The backbone's modules that hold parameters themselves, in registration order."""
+    """The backbone's modules that hold parameters themselves, and its batch norms, in registration order."""
     return [(name, m) for name, m in model.named_modules()
-            if name and not (name == HEAD or name.startswith(HEAD + ".")) and any(True for _ in m.parameters(False))]
+            if name and not (name == HEAD or name.startswith(HEAD + "."))
+            and (isinstance(m, NORMS) or any(True for _ in m.parameters(False)))]
 
 
-def split_backbone(model: nn.Module, trainable_layers: int | str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(fixed, trainable) backbone parameters: the last k conv/linear layers, with everything registered after
+def split_backbone(model: nn.Module, trainable_layers: int | str) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(fixed, trainable) backbone modules: the last k conv/linear layers, with everything registered after
     the first of them (their batch norms, a ResNet block's shortcut), train; the rest stays fixed."""
-    layers = backbone_layers(model)
-    starts = [i for i, (_, m) in enumerate(layers) if isinstance(m, LAYERS)]
+    layers = [m for _, m in backbone_layers(model)]
+    starts = [i for i, m in enumerate(layers) if isinstance(m, LAYERS)]
     k = len(starts) if trainable_layers == "all" else min(int(trainable_layers), len(starts))
     cut = starts[len(starts) - k] if k > 0 else len(layers)
-    params = lambda part: [p for _, m in part for p in m.parameters(False)]   # noqa: E731
-    return params(layers[:cut]), params(layers[cut:])
+    return layers[:cut], layers[cut:]
+
+
+def own_params(modules: list[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters(False)]
 
 
 # ---- pretrained weights ------------------------------------------------------------------------------------
@@ -93,7 +99,8 @@ def load_pretrained(model: nn.Module, source: dict[str, torch.Tensor]) -> dict[s
     ArchitectureError when a backbone tensor does not fit: the weights belong to another architecture."""
     own = model.state_dict()
     fits = {k: v for k, v in source.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    misfits = [k for k in own if k not in fits and not k.startswith(HEAD + ".")]
+    # a batch norm's step count is absent from weights saved before PyTorch 0.4.1 (ImageNet's ResNet files)
+    misfits = [k for k in own if k not in fits and not k.startswith(HEAD + ".") and not k.endswith(".num_batches_tracked")]
     if misfits or not fits:
         first = misfits[0] if misfits else next(iter(own))
         theirs = tuple(source[first].shape) if first in source else "absent"
@@ -110,6 +117,8 @@ def load_pretrained(model: nn.Module, source: dict[str, torch.Tensor]) -> dict[s
 class Plan:
     cfg: TransferConfig
     refined: list[nn.Parameter] = field(default_factory=list)   # backbone parameters frozen until the start step
+    fixed_norms: list[nn.Module] = field(default_factory=list)    # batch norms held in eval mode: always
+    refined_norms: list[nn.Module] = field(default_factory=list)  # while the refined backbone is frozen
     head: set[int] = field(default_factory=set)                 # ids of the head's parameters
     loaded: dict = field(default_factory=dict)
     _frozen: bool | None = None                                 # the refined backbone's state now
@@ -134,8 +143,19 @@ class Plan:
         if frozen != self._frozen:
             for p in self.refined:
                 p.requires_grad_(not frozen)   # no gradient: the optimizer neither updates nor decays it
+            for m in self.refined_norms:
+                m.train(not frozen)
             self._frozen = frozen
         return frozen
+
+    def train_mode(self, model: nn.Module) -> None:
+        """``model.train()``; with ``freeze_batch_norm``, the batch norms of frozen layers normalise with their
+        running statistics and leave them as they are (as Keras runs a frozen BatchNormalization). Without it
+        their statistics follow the new data, which suits weights from another domain (ImageNet's statistics
+        on 32x32 images standardised with their own mean and std)."""
+        model.train()
+        for m in self.fixed_norms + (self.refined_norms if self._frozen else []):
+            m.eval()
 
 
 def prepare(model: nn.Module, config: dict, pretrained: dict | None) -> Plan:
@@ -151,9 +171,13 @@ def prepare(model: nn.Module, config: dict, pretrained: dict | None) -> Plan:
     plan.head = {id(p) for p in head_of(model).parameters()}
     if pretrained is not None:
         plan.loaded = load_pretrained(model, pretrained)
-    fixed, plan.refined = split_backbone(model, cfg.trainable_layers)
-    for p in fixed:
+    fixed, refined = split_backbone(model, cfg.trainable_layers)
+    for p in own_params(fixed):
         p.requires_grad_(False)
+    plan.refined = own_params(refined)
+    if cfg.freeze_batch_norm:
+        plan.fixed_norms = [m for m in fixed if isinstance(m, NORMS)]
+        plan.refined_norms = [m for m in refined if isinstance(m, NORMS)]
     return plan
 
 

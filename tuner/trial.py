@@ -119,7 +119,8 @@ class TrialState:
 
     def trainer(self, dd: DeviceData) -> Trainer:
         thaw = self.transfer.trainable_at if self.transfer.thaws else None
-        return Trainer(self.step_model, self.optimizer, self.schedule, dd, self.cfg, self.gen, self.ema, thaw)
+        return Trainer(self.step_model, self.optimizer, self.schedule, dd, self.cfg, self.gen, self.ema, thaw,
+                       lambda: self.transfer.train_mode(self.step_model))
 
     @property
     def eval_model(self) -> torch.nn.Module:
