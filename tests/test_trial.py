@@ -49,25 +49,43 @@ def test_each_epoch_reports_every_metric_and_a_checkpoint(tmp_path, digits):
     assert [e["epoch"] for e in result["epochs"]] == [1]
 
 
-def straight_and_resumed(tmp_path, digits, config):
-    """The same trial run to the end, and run for one epoch then restarted from that checkpoint."""
-    straight = Recorder(tmp_path / "a")
-    run_trial(config, digits, straight)
-    first = Recorder(tmp_path / "b")
-    run_trial({**config, "max_epochs": 1}, digits, first)
-    resumed = Recorder(tmp_path / "c")
-    run_trial(config, digits, resumed, start=first.checkpoints[0])
-    return straight, resumed
+RESUMED = {**CONFIG, "max_epochs": 4, "dropout": 0.3, "lr_schedule": "cosine", "warmup_epochs": 1.5,
+           "patience": 3, "early_stop_on": "val_accuracy"}   # dropout's RNG, a schedule and patience to carry
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_a_trial_restarted_from_its_checkpoint_continues_where_it_was(tmp_path, digits, ema):
-    straight, resumed = straight_and_resumed(tmp_path, digits, {**CONFIG, "ema": ema})
-    assert [r["epoch"] for r in resumed.results] == [2, 3]
-    # Same weights (and average), optimizer, schedule and RNG state: the continued run is the uninterrupted one.
-    for a, b in zip(straight.results[1:], resumed.results):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+def test_a_trial_restarted_from_its_checkpoint_continues_bit_for_bit(tmp_path, digits, ema):
+    config = {**RESUMED, "ema": ema}
+    straight = Recorder(tmp_path / "a")
+    run_trial(config, digits, straight)
+    resumed = Recorder(tmp_path / "b")
+    run_trial(config, digits, resumed, start=straight.checkpoints[1])         # from the end of epoch 2
+    assert [r["epoch"] for r in resumed.results] == [3, 4]
+    # Same weights (and average), optimizer, schedule, patience and RNG state: the uninterrupted run, exactly.
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "best_epoch")
+    assert [[r[k] for k in keys] for r in straight.results[2:]] == [[r[k] for k in keys] for r in resumed.results]
+    for name in ("model.pt", "best_model.pt"):
+        a, b = (torch.load(c / name, weights_only=True) for c in (straight.checkpoints[-1], resumed.checkpoints[-1]))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(c / "state.pt", weights_only=True) for c in (straight.checkpoints[-1], resumed.checkpoints[-1]))
+    assert a["schedule"] == b["schedule"] and a["stopper"] == b["stopper"] and a["best"] == b["best"]
+
+
+def test_a_trial_restarted_from_the_checkpoint_it_ended_with_trains_no_further(tmp_path, digits):
+    """Ray may restart a trial from its last checkpoint if the search stops before it records the end."""
+    ended = Recorder(tmp_path / "a")
+    run_trial({**CONFIG, "lr": 0.0, "max_epochs": 10, "patience": 2}, digits, ended)
+    assert ended.results[-1]["end_reason"] == "early-stopped by patience 2 at epoch 3"
+    again = Recorder(tmp_path / "b")
+    run_trial({**CONFIG, "lr": 0.0, "max_epochs": 10, "patience": 2}, digits, again, start=ended.checkpoints[-1])
+    assert again.results == []
+
+
+def test_the_reported_learning_rate_is_the_one_the_epoch_trained_with(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "optimizer": "sgd", "lr": 0.1, "lr_schedule": "step", "lr_step_epochs": 1,
+               "lr_gamma": 0.1}, digits, rec)
+    assert [r["lr"] for r in rec.results] == pytest.approx([0.1, 0.01, 0.001])
 
 
 def test_patience_stops_a_trial_that_stopped_improving(tmp_path, digits):

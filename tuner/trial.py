@@ -178,6 +178,7 @@ def _fault_hook(epoch: int) -> None:
 
 def epoch_metrics(state: TrialState, trainer: Trainer, dd: DeviceData) -> dict:
     """Train one epoch and evaluate: the epoch's metrics, with the seconds each part took."""
+    lr = state.optimizer.param_groups[0]["lr"]    # the rate of the epoch's first step, before the schedule moves it
     t0 = time.perf_counter()
     train_loss, train_acc = trainer.epoch()
     seconds = time.perf_counter() - t0
@@ -186,7 +187,7 @@ def epoch_metrics(state: TrialState, trainer: Trainer, dd: DeviceData) -> dict:
     if not np.isfinite(train_loss):
         raise FloatingPointError(f"training loss became {train_loss} at epoch {state.epoch}")
     return {"epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-            "val_loss": val_loss, "val_accuracy": val_acc, "lr": state.optimizer.param_groups[0]["lr"],
+            "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
             "epoch_seconds": seconds, "eval_seconds": time.perf_counter() - t0 - seconds,
             "images_per_second": trainer.batches.images / seconds}
 
@@ -216,7 +217,8 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
     trainer = state.trainer(dd)
     pending, overhead = [], {"setup_seconds": time.perf_counter() - t0}   # overhead: on the next epoch's record
     last_report, costs = time.monotonic(), {}
-    while state.epoch < state.cfg.max_epochs:
+    # A checkpoint written as the trial ended (Ray may restart a trial from it) trains no further.
+    while state.epoch < state.cfg.max_epochs and not state.stopper.stopped:
         state.epoch += 1
         _fault_hook(state.epoch)
         metrics = {**epoch_metrics(state, trainer, dd), **overhead}
