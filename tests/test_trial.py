@@ -81,6 +81,14 @@ def test_a_trial_restarted_from_the_checkpoint_it_ended_with_trains_no_further(t
     assert again.results == []
 
 
+def test_a_trial_whose_loss_diverges_ends_with_the_worst_score_instead_of_failing(tmp_path, digits):
+    rec = Recorder(tmp_path)
+    run_trial({**CONFIG, "optimizer": "sgd", "lr": 1.0e6, "max_epochs": 3}, digits, rec)     # no exception
+    (last,) = rec.results
+    assert last["epoch"] == 1 and last["val_accuracy"] == 0.0 and not math.isfinite(last["train_loss"])
+    assert last["end_reason"].startswith("diverged at epoch 1: training loss became")
+
+
 def test_the_reported_learning_rate_is_the_one_the_epoch_trained_with(tmp_path, digits):
     rec = Recorder(tmp_path)
     run_trial({**CONFIG, "optimizer": "sgd", "lr": 0.1, "lr_schedule": "step", "lr_step_epochs": 1,

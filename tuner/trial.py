@@ -14,6 +14,7 @@ report on, every result also carries what the network costs (``tuner.costs``: pa
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from models import ArchitectureError, build_model
@@ -184,12 +184,20 @@ def epoch_metrics(state: TrialState, trainer: Trainer, dd: DeviceData) -> dict:
     seconds = time.perf_counter() - t0
     val_loss, val_acc = evaluate(state.eval_model, dd.x_val, dd.y_val, dd.mean, dd.std,
                                  eval_batch(state.cfg, state.device))
-    if not np.isfinite(train_loss):
-        raise FloatingPointError(f"training loss became {train_loss} at epoch {state.epoch}")
     return {"epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
             "epoch_seconds": seconds, "eval_seconds": time.perf_counter() - t0 - seconds,
             "images_per_second": trainer.batches.images / seconds}
+
+
+def diverged(metrics: dict, metric: str, mode: str) -> str | None:
+    """A training loss no longer finite (a learning rate too high, most often) ends the trial with the worst
+    score, not as a failure: the searcher learns from it, and a retry would diverge the same way."""
+    loss = metrics["train_loss"]
+    if math.isfinite(loss):
+        return None
+    metrics[metric] = worst_value(metric, mode)
+    return f"diverged at epoch {metrics['epoch']}: training loss became {loss}"
 
 
 def end_of(state: TrialState, stop: bool) -> str | None:
@@ -222,9 +230,10 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
         state.epoch += 1
         _fault_hook(state.epoch)
         metrics = {**epoch_metrics(state, trainer, dd), **overhead}
-        state.best.update(state.epoch, metrics, state.eval_model)
-        stop = state.stopper.update(state.epoch, metrics)
-        ended = end_of(state, stop)
+        ended = diverged(metrics, metric, mode)
+        if ended is None:       # a diverged epoch is no one's best: best_model.pt keeps the last good one
+            state.best.update(state.epoch, metrics, state.eval_model)
+            ended = end_of(state, state.stopper.update(state.epoch, metrics))
         pending.append(metrics)
         if ended is None and not reporting.due(state.epoch, time.monotonic() - last_report):
             overhead = {}

@@ -16,7 +16,7 @@ from tuner.analysis.html import Section
 from tuner.analysis.trials import SearchRecord
 
 OUTCOME_COLORS = {"completed": "tab:blue", "stopped": "tab:orange", "patience": "tab:green", "invalid": "tab:red",
-                  "failed": "tab:red", "lost": "tab:gray", "unfinished": "tab:gray"}
+                  "diverged": "tab:purple", "failed": "tab:red", "lost": "tab:gray", "unfinished": "tab:gray"}
 SLOWEST_SHOWN = 20       # trials in the HTML's time table (the CSV has them all)
 
 
@@ -134,5 +134,5 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
 
 def failures(record: SearchRecord) -> pd.DataFrame:
     t = record.trials
-    bad = t[t["outcome"].isin(["invalid", "failed", "lost", "unfinished"])]
+    bad = t[t["outcome"].isin(["invalid", "diverged", "failed", "lost", "unfinished"])]
     return bad[["trial_id", "outcome", "epochs", "end_reason"]].reset_index(drop=True)

@@ -26,7 +26,7 @@ from tuner.spaces import DISTRIBUTIONS, stopper_name
 # Why a trial ended (its tuner.end_reason tag starts with the text) -> a short outcome. "stopped by ": by ASHA,
 # or by an Optuna pruner (scheduler.pruner).
 OUTCOMES = {"completed": "completed", "stopped by ": "stopped", "early-stopped by patience": "patience",
-            "invalid architecture": "invalid", "failed": "failed", "lost": "lost"}
+            "invalid architecture": "invalid", "diverged": "diverged", "failed": "failed", "lost": "lost"}
 TIMES = {"train_seconds": ("epoch_seconds",), "eval_seconds": ("eval_seconds",),
          "overhead_seconds": ("setup_seconds", "checkpoint_seconds", "report_seconds")}
 
