@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import pytest
 
 from tests.conftest import run_cli
-from tuner.driver import adopt_started_flags
+from tuner.driver import adopt_started_flags, check_inputs
 from tuner.run import main, parse_args
 
 SPACE = """description: a small digits space
@@ -221,12 +222,44 @@ def test_the_real_command_says_one_line(tmp_path, text, flags, expected):
     nothing_written(tmp_path)
 
 
-def started(tmp_path, **flags) -> None:
-    """A search ``t`` in tmp_path/rr that was started with these defining flags (its settings file)."""
+def started(tmp_path, space=None, **flags) -> None:
+    """A search ``t`` in tmp_path/rr that was started with these defining flags (its settings file), and
+    with the space file ``space`` when given."""
     folder = tmp_path / "rr" / "t"
     folder.mkdir(parents=True)
-    (folder / "search_settings.json").write_text(json.dumps({"flags": {
-        "seed": 0, "num_samples": None, "max_epochs": None, "overrides": [], "grid": False, "smoke": False, **flags}}))
+    kept = {"space": space.stem, "space_file": str(space),
+            "space_sha256": hashlib.sha256(space.read_bytes()).hexdigest()} if space else {}
+    (folder / "search_settings.json").write_text(json.dumps({**kept, "flags": {
+        "seed": 0, "num_samples": None, "max_epochs": None, "overrides": [], "grid": False, "smoke": False,
+        "max_failures": 1, "max_concurrent": None, **flags}}))
+
+
+def test_resume_takes_the_space_the_search_started_with(tmp_path):
+    (tmp_path / "mine.yaml").write_text(SPACE)
+    started(tmp_path, space=tmp_path / "mine.yaml", max_failures=3)
+    args = parse_args(["--name", "t", "--resume", "--storage-path", str(tmp_path / "rr")])     # no --space
+    space, _ = check_inputs(args)
+    assert space.path == tmp_path / "mine.yaml" and args.max_failures == 3
+
+
+def test_resume_with_an_edited_space_file_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    started(tmp_path, space=tmp_path / "space.yaml")
+    settings = (tmp_path / "rr" / "t" / "search_settings.json").read_text()
+    edited = SPACE.replace("[1.0e-3, 1.0e-2]", "[1.0e-4, 1.0e-2]")         # the same keys, another range
+    code = main(args_for(tmp_path, edited, ["--name", "t", "--resume"]))    # written over space.yaml
+    check_one_line(code, capsys.readouterr().err, "search t was started with another text of its space")
+    assert (tmp_path / "rr" / "t" / "search_settings.json").read_text() == settings     # nothing rewritten
+
+
+def test_the_resume_command_names_a_storage_path_that_is_not_the_default(tmp_path, monkeypatch):
+    from tuner.search import SearchOptions, resume_command
+
+    monkeypatch.chdir(tmp_path)
+    opts = lambda storage: SearchOptions("t", str(storage), 2, 1, 1, 0)    # noqa: E731
+    assert resume_command(opts(tmp_path / "ray_results")) == "python -m tuner.run --resume --name t"
+    assert resume_command(opts(tmp_path / "rr")).endswith(f"--name t --storage-path {tmp_path}/rr")
 
 
 def test_resume_takes_the_flags_the_search_started_with(tmp_path):
@@ -243,6 +276,8 @@ def test_resume_takes_the_flags_the_search_started_with(tmp_path):
     (["--seed", "0"], "search t was started with --seed 3; resume it with the same or without --seed"),
     (["--set", "lr=0.1"], "was started with --set lr=0.01; resume it with the same or without --set"),
     (["--max-epochs", "5"], "search t was started without --max-epochs; resume it without --max-epochs"),
+    (["--max-failures", "4"], "search t was started with --max-failures 1; resume it with the same or without"),
+    (["--max-concurrent", "2"], "search t was started without --max-concurrent; resume it without --max-concurrent"),
 ])
 def test_resume_with_other_defining_flags_is_refused(tmp_path, monkeypatch, capsys, flags, expected):
     monkeypatch.chdir(tmp_path)

@@ -39,7 +39,7 @@ def test_a_killed_search_resumes_where_it_was(tmp_path):
         assert wait_until(some_finished), first.log.read_text()[-3000:]
     finally:
         first.kill()                                   # SIGKILL, mid-search
-    code, out = Search(*args, "--resume").wait()      # the flags it started with are the search's own
+    code, out = Search(*args[2:], "--resume").wait()    # the space and the flags it started with are its own
     assert code == 0, out[-3000:]
 
     folder = tmp_path / "rr" / "k"

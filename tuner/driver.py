@@ -7,6 +7,7 @@ checked before the first trial starts; the tracking store before Ray is even sta
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -19,7 +20,7 @@ from tuner.guards import DriverLock, check_name, prepare_storage, redact, redact
 from tuner.limits import check_flags
 from tuner.pretrained import resolve_pretrained
 from tuner.search import (SMOKE, SearchOptions, build_tuner, effective_space, make_trainable, outcome_folder,
-                          search_floor, search_settings)
+                          resume_command, search_floor, search_settings)
 from tuner.spaces import Space, load_space, parse_override
 from tuner.stopping import GracefulStop
 from tuner.timing import Timings
@@ -30,6 +31,9 @@ SETTINGS_FILE = "search_settings.json"   # beside the results: what the search i
 # search's settings file, so that it continues the search that was started, not a new one over the old.
 DEFINING_FLAGS = {"seed": "--seed", "num_samples": "--num-samples", "max_epochs": "--max-epochs",
                   "overrides": "--set", "grid": "--grid", "smoke": "--smoke"}
+# Flags Ray keeps in the search's saved state, which Tuner.restore takes back: a new value would not apply.
+RESTORED_FLAGS = {"max_failures": "--max-failures", "max_concurrent": "--max-concurrent"}
+ADOPTED_FLAGS = {**DEFINING_FLAGS, **RESTORED_FLAGS}
 
 
 def check_exists(opts: SearchOptions, resume: bool) -> None:
@@ -45,21 +49,31 @@ def check_exists(opts: SearchOptions, resume: bool) -> None:
 
 
 def started_flags(args) -> dict | None:
-    """The defining flags the search ``args.name`` was started with, from its settings file; None when there is
-    none (a new search, or one from before the file held them)."""
+    """The flags the search ``args.name`` was started with, from its settings file; None when there is none
+    (a new search, or one from before the file held them)."""
+    return (started_settings(args) or {}).get("flags")
+
+
+def started_settings(args) -> dict | None:
+    """The settings file of the search ``args.name`` on --resume; None for a new search or none found."""
+    if not (args.resume and args.name):
+        return None
     path = outcome_folder(storage_location(args.storage_path), args.name) / SETTINGS_FILE
     try:
-        return json.loads(path.read_text()).get("flags") if path.is_file() else None
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path} cannot be read ({type(exc).__name__}); it holds the flags search {args.name} "
-                        f"was started with: resume with them given again after restoring or removing it") from None
+        settings = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError) as exc:
+        settings = exc
+    if settings is None or isinstance(settings, dict):
+        return settings
+    raise UserError(f"{path} cannot be read ({type(settings).__name__}); it holds the flags search {args.name} "
+                    f"was started with: resume with them given again after restoring or removing it")
 
 
 def adopt_started_flags(args) -> None:
     """On --resume, each defining flag not given takes the value the search started with; one given with
     another value is refused (it would change the data split or the trials of a search half run)."""
-    started = started_flags(args) if args.resume and args.name else None
-    for key, flag in DEFINING_FLAGS.items() if started else ():
+    started = started_flags(args)
+    for key, flag in ADOPTED_FLAGS.items() if started else ():
         given, then = getattr(args, key), started.get(key, getattr(args, key))    # a key it lacks: as given
         if not_given(given):
             setattr(args, key, then)
@@ -69,6 +83,27 @@ def adopt_started_flags(args) -> None:
             raise UserError(f"search {args.name} was started with {as_typed(flag, then)}; resume it with the same or "
                             f"without {flag}")
     args.seed = 0 if args.seed is None else args.seed
+    args.max_failures = 1 if args.max_failures is None else args.max_failures
+
+
+def started_space(args) -> str:
+    """On --resume without --space, the space the search was started with: its file, else its shipped name."""
+    settings = started_settings(args) or {}
+    path = settings.get("space_file")
+    return path if path and Path(path).is_file() else settings.get("space", "quickstart")
+
+
+def check_same_space(args, space: Space) -> None:
+    """A resumed search's space file must hold the text it was started with: Ray checks only the names of the
+    searched settings, so edited ranges or fixed values would continue the search as another one."""
+    then = (started_settings(args) or {}).get("space_sha256")
+    if then and then != space_digest(space):
+        raise UserError(f"search {args.name} was started with another text of its space "
+                        f"({started_settings(args).get('space_file')}); resume it with that file as it was")
+
+
+def space_digest(space: Space) -> str:
+    return hashlib.sha256(space.path.read_bytes()).hexdigest()
 
 
 def not_given(value) -> bool:
@@ -118,7 +153,7 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, da
     client.log_dict(run_id, settings, SETTINGS_FILE)
     log_datasets(client, run_id, datasets)
     mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id,
-            "flags": redact_all({key: getattr(args, key) for key in DEFINING_FLAGS})}
+            "flags": redact_all({key: getattr(args, key) for key in ADOPTED_FLAGS}), "space_sha256": space_digest(space)}
     (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
     callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs),
                          datasets, floor, space.stopper)
@@ -167,7 +202,8 @@ def check_inputs(args: argparse.Namespace) -> tuple[Space, dict]:
         if name is not None:
             check_name(what, name)
     adopt_started_flags(args)     # after the name check: the name is part of the settings file's path
-    space = load_space(args.space)
+    space = load_space(args.space or started_space(args))
+    check_same_space(args, space)
     check_name("the space file's name (it names the MLflow experiment and model)", space.name)
     return space, dict(parse_override(o, space) for o in args.overrides)
 
@@ -213,7 +249,7 @@ def stopped(tracking: Tracking, opts: SearchOptions, started_here: bool) -> int:
     ray_stopping = stop_ray_beside(started_here)
     close_interrupted_runs(TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs, tracking.parent_run_id)
     ray_stopping.join()
-    print(f"stopped: search {opts.name} is saved; continue it with --resume --name {opts.name}", file=sys.stderr)
+    print(f"stopped: search {opts.name} is saved; continue it with {resume_command(opts)}", file=sys.stderr)
     return 130
 
 

@@ -126,7 +126,7 @@ def conclude(results, space: Space, data: TrialData, test_set: ImageSet, opts: S
         metrics["front_size"] = len(front_rows(scored))
     missed = finish_search_run(tracking, metrics, tags, [folder / "leaderboard.csv", plot]) + missed
     best_config = {k: v for k, v in best[0][1].config.items() if k in space.search} if best else {}
-    print_summary(board, space, best_config, test, where(opts, tracking, missed, space.path, registered),
+    print_summary(board, space, best_config, test, where(opts, tracking, missed, registered),
                   {tid: t for tid, _, _, t in best})
     if not best:
         print("error: no trial finished an epoch; see the errors above and in the results folder", file=sys.stderr)

@@ -27,7 +27,8 @@ from tuner.cli import Help, exit_code, skip_final_collection  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.splitlines()[0],
                                 formatter_class=Help)
-    p.add_argument("--space", default="quickstart", help="a shipped space name (see --list) or a path to a .yaml file")
+    p.add_argument("--space", help="a shipped space name (see --list) or a path to a .yaml file (default: quickstart; "
+                                   "on --resume, the search's own)")
     p.add_argument("--list", action="store_true", help="list the shipped spaces and exit")
     p.add_argument("--name", help="search name, for --resume and in MLflow: letters, digits, '_', '.', '-' "
                                   "(default: SPACE-YYYYmmdd-HHMMSS-xxxx, xxxx random)")
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per trial, fractions share a GPU: 0.25 runs four trials on one (default: the "
                         "space's resources.gpu where the cluster has GPUs, else 0)")
-    p.add_argument("--max-concurrent", type=int, help="trials running at once at most (default: what resources allow)")
-    p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial from its last checkpoint")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once at most (default: what resources allow; "
+                                                     "on --resume, the search's own)")
+    p.add_argument("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint (default: 1; "
+                                                    "on --resume, the search's own)")
     p.add_argument("--data-dir", help="dataset folder (default: $TUNER_DATA_DIR, else ./data)")
     p.add_argument("--download", action="store_true", help="download a missing dataset with torchvision")
     p.add_argument("--storage-path", default="ray_results", help="where Ray keeps results and checkpoints")
@@ -107,9 +110,12 @@ def list_or_search(args: argparse.Namespace) -> int:
     from tuner.safe_yaml import read_space_file
     from tuner.space_files import find_space
 
+    if args.space is None and (args.submit or not (args.resume and args.name)):
+        args.space = "quickstart"     # on --resume the search's own space is taken (tuner.driver)
     # A mistyped name or a file that is not YAML: one line at once, not after the seconds Ray and torch take
     # to load. The rest of the file (keys, values, the architecture) is checked with the search's libraries.
-    read_space_file(find_space(args.space))
+    if args.space is not None:
+        read_space_file(find_space(args.space))
     if args.submit:
         from tuner.submit import submit_search
 

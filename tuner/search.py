@@ -72,6 +72,16 @@ def outcome_folder(storage_path: str, name: str) -> Path:
     return Path("ray_results").resolve() / name if "://" in storage_path else Path(storage_path.rstrip("/"), name)
 
 
+def resume_command(opts: SearchOptions) -> str:
+    """How to continue the search: its name, and its storage path where it is not the default (the space,
+    the defining flags and the tracking store are the search's own on --resume)."""
+    from tuner.guards import redact
+
+    default = str(opts.storage_path) == str(Path("ray_results").resolve())
+    storage = "" if default else f" --storage-path {redact(str(opts.storage_path))}"
+    return f"python -m tuner.run --resume --name {opts.name}{storage}"
+
+
 def effective_space(space: Space, opts: SearchOptions) -> Space:
     """The space with the command line's budget and ``--set`` overrides applied."""
     grace = min(space.grace_period, opts.max_epochs)

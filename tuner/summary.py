@@ -171,12 +171,11 @@ def ui_command(uri: str) -> str:
     return f"open {redact(uri)} in a browser"
 
 
-def where(opts, tracking, missed: list[str], space_path: Path, registered: dict | None) -> dict:
+def where(opts, tracking, missed: list[str], registered: dict | None) -> dict:
     """The closing lines: where the results are, how to look at them, how to resume."""
     from tuner.guards import redact
-    from tuner.spaces import SPACES_DIR
+    from tuner.search import resume_command
 
-    space_arg = space_path.stem if space_path.parent == SPACES_DIR else str(space_path)
     out = {"results": redact(opts.experiment_path), "leaderboard": str(opts.outcome_dir / "leaderboard.csv"),
            "MLflow store": redact(tracking.uri),
            "MLflow run": f"experiment {tracking.experiment_id}, run {tracking.parent_run_id}",
@@ -188,7 +187,7 @@ def where(opts, tracking, missed: list[str], space_path: Path, registered: dict 
         out["best model"] = registered["uri"] + note
         if registered.get("front"):
             out["Pareto front"] = f"models:/{registered['name']}@pareto-1 ... @pareto-{len(registered['front'])}"
-    out["resume with"] = f"python -m tuner.run --space {space_arg} --name {opts.name} --resume"
+    out["resume with"] = resume_command(opts)
     if missed:
         out["not in MLflow"] = f"{len(missed)} writes failed (first: {missed[0]})"
     return out
