@@ -53,6 +53,18 @@ def test_int_bounds_are_inclusive(tmp_path):
     assert {domain.sample() for _ in range(200)} == {1, 2, 3}
 
 
+@pytest.mark.parametrize("q,values", [(1, {1, 2, 3, 4}), (2, {2, 4, 6})])
+def test_qint_bounds_are_inclusive_for_ray_and_optuna(tmp_path, q, values):
+    from ray.tune.search.optuna import OptunaSearch
+
+    low = 1 if q == 1 else 2
+    space = load_space(write(tmp_path, BASE + f"search:\n  depth: {{qint: [{low}, {max(values)}, {q}]}}\n"))
+    domain = space.param_space()["depth"]
+    assert {domain.sample() for _ in range(300)} == values        # Ray's own sampling (grid mode, random search)
+    (dist,) = OptunaSearch.convert_search_space({"depth": domain}).values()
+    assert (dist.low, dist.high, dist.step) == (low, max(values), q)                   # TPE's
+
+
 @pytest.mark.parametrize("name", ["nope", "../quickstart", "a/b", "..", "quickstart/../quickstart"])
 def test_unknown_names_and_path_walks_are_errors(name):
     with pytest.raises(UserError) as err:

@@ -198,6 +198,8 @@ def check_inputs(args: argparse.Namespace) -> tuple[Space, dict]:
     check_flags(args)
     if args.resume and not args.name:
         raise UserError("--resume needs --name: the name of the search to continue")
+    if args.analyze and args.log_top_k == 0:
+        raise UserError("--analyze reports on the best trial's logged model and --log-top-k 0 logs none; drop one")
     for what, name in (("--name", args.name), ("--experiment", args.experiment)):
         if name is not None:
             check_name(what, name)

@@ -8,6 +8,7 @@ line naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ DISTRIBUTIONS = {
     "loguniform": (2, lambda a: tune.loguniform(*a)),
     "qloguniform": (3, lambda a: tune.qloguniform(*a)),
     "int": (2, lambda a: tune.randint(int(a[0]), int(a[1]) + 1)),
-    "qint": (3, lambda a: tune.qrandint(int(a[0]), int(a[1]), int(a[2]))),
+    # Ray's qrandint leaves out its upper bound when q is 1 (Optuna's conversion of it does not): randint then
+    "qint": (3, lambda a: tune.qrandint(int(a[0]), int(a[1]), int(a[2])) if int(a[2]) > 1
+             else tune.randint(int(a[0]), int(a[1]) + 1)),
     "logint": (2, lambda a: tune.lograndint(int(a[0]), int(a[1]) + 1)),
 }
 
@@ -152,7 +155,8 @@ def _check_value(c: SpaceChecker, key: str, value, types: tuple[type, ...], name
         value = c.number(key, value, int if float not in types else float)  # 1e-4 arrives as a string
     if (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
         wanted = " or ".join(t.__name__ for t in types)
-        hint = " (write layer widths as a string: '64-128')" if isinstance(value, list) else ""
+        hint = " (write layer widths as a string: '64-128')" if isinstance(value, list) else \
+            f" (write it as text: '{value}')" if str in types and isinstance(value, (int, float)) else ""
         c.fail(key, f"{value!r} is not a {wanted}{hint}")
     if name in ENUMS:
         c.one_of(key, value, ENUMS[name])
@@ -191,11 +195,22 @@ def _check_distribution(c: SpaceChecker, key: str, name: str, spec, types: tuple
         c.fail(key, f"{kind} needs low < high, got {nums[0]} and {nums[1]}")
     if kind.startswith(("log", "qlog")) and nums[0] <= 0:
         c.fail(key, f"{kind} needs low > 0, got {nums[0]}")
-    if n_args == 3 and nums[2] <= 0:
-        c.fail(key, f"{kind} needs q > 0, got {nums[2]}")
+    if n_args == 3:
+        _check_quantized(c, key, kind, nums)
     for bound in nums[:2]:   # both ends, so that every value drawn is in range
         c.in_range(key, name, bound)
     return kind, nums
+
+
+def _check_quantized(c: SpaceChecker, key: str, kind: str, nums: list) -> None:
+    low, high, q = nums
+    if q <= 0:
+        c.fail(key, f"{kind} needs q > 0, got {q}")
+    if kind == "qloguniform":   # Ray's conversion to Optuna drops q with a warning
+        c.fail(key, "Optuna's samplers cannot quantize a log scale; use loguniform, or choice of the values")
+    for bound in (low, high):   # Ray refuses other bounds when the search starts; here it is one line now
+        if not math.isclose(bound / q, round(bound / q)):
+            c.fail(key, f"{kind} needs low and high that are multiples of q ({q}), got {bound}")
 
 
 def _check_params(c: SpaceChecker, raw: dict, model: str) -> tuple[dict, dict]:
