@@ -107,6 +107,7 @@ FLAG_CASES = [
     ("--set alias", None, ["--set", "fc=*a"], "--set fc:"),
     ("--set lr=", None, ["--set", "lr="], "--set lr: has no value"),
     ("--set fc=64", None, ["--set", "fc=64"], "64 is not a str (write it as text: '64')"),
+    ("--grid --num-samples", None, ["--grid", "--num-samples", "3"], "--grid runs each of the 24 combinations"),
     ("--analyze --log-top-k 0", None, ["--analyze", "--log-top-k", "0"], "--analyze reports on the best trial's"),
     ("--gpus-per-trial -0.5", None, ["--gpus-per-trial", "-0.5"], "--gpus-per-trial -0.5 is out of range"),
     ("--gpus-per-trial nan", None, ["--gpus-per-trial", "nan"], "--gpus-per-trial nan is not a finite number"),
@@ -267,6 +268,17 @@ def test_the_resume_command_names_a_storage_path_that_is_not_the_default(tmp_pat
     opts = lambda storage: SearchOptions("t", str(storage), 2, 1, 1, 0)    # noqa: E731
     assert resume_command(opts(tmp_path / "ray_results")) == "python -m tuner.run --resume --name t"
     assert resume_command(opts(tmp_path / "rr")).endswith(f"--name t --storage-path {tmp_path}/rr")
+
+
+def test_a_grid_runs_each_combination_of_the_choices_once_even_under_smoke():
+    from tuner.driver import budget
+
+    args = parse_args(["--grid", "--smoke"])
+    space, overrides = check_inputs(args)
+    assert budget(args, space, overrides) == (24, 1, 1024)          # widths 3 x growths 2 x kernels 2 x norms 2
+    args = parse_args(["--grid", "--set", "width=8"])
+    space, overrides = check_inputs(args)
+    assert budget(args, space, overrides) == (8, 20, None)          # width fixed: 2 x 2 x 2
 
 
 def test_resume_takes_the_flags_the_search_started_with(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -117,11 +118,22 @@ def as_typed(flag: str, value) -> str:
     return flag if value is True else f"{flag} {value}"
 
 
-def budget(args, space: Space) -> tuple[int, int, int | None]:
-    """(trials, max epochs, training-image limit) from the space, the flags and --smoke."""
+def budget(args, space: Space, overrides: dict) -> tuple[int, int, int | None]:
+    """(trials, max epochs, training-image limit) from the space, the flags and --smoke; --grid runs each
+    combination of the choices once (under --smoke too, each for smoke's epoch and images)."""
+    grid = grid_points(space, overrides) if args.grid else None
+    if grid and args.num_samples:
+        raise UserError(f"--grid runs each of the {grid} combinations of the space's choices once; leave out "
+                        f"--num-samples")
     if args.smoke:
-        return SMOKE["num_samples"], SMOKE["max_epochs"], SMOKE["train_images"]
-    return args.num_samples or space.num_samples, args.max_epochs or space.max_epochs, None
+        return grid or SMOKE["num_samples"], SMOKE["max_epochs"], SMOKE["train_images"]
+    return grid or args.num_samples or space.num_samples, args.max_epochs or space.max_epochs, None
+
+
+def grid_points(space: Space, overrides: dict) -> int:
+    """How many trials --grid runs: every combination of the choices the command line leaves searched."""
+    return math.prod(len(values) for key, (kind, values) in space.search.items()
+                     if kind == "choice" and key not in overrides)
 
 
 def make_tuner(args, space: Space, data: TrialData, opts: SearchOptions):
@@ -220,7 +232,7 @@ def lock_path(opts: SearchOptions) -> Path:
 def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, Path]:
     """The space, the search's options, its data and data dir: every input checked, nothing started."""
     space, overrides = check_inputs(args)
-    num_samples, max_epochs, limit = budget(args, space)
+    num_samples, max_epochs, limit = budget(args, space, overrides)
     data_dir = resolve_data_dir(args.data_dir)
     data = prepare_trial_data(space.dataset, data_dir, space.val_fraction, args.seed, args.download, limit)
     check_test_files(space.dataset, data_dir, args.download)
