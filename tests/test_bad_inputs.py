@@ -196,6 +196,12 @@ def test_a_resumed_search_whose_folder_others_can_write_is_refused(tmp_path, mon
     check_one_line(code, capsys.readouterr().err, "the search's folder")
 
 
+def test_a_tracking_uri_that_is_not_a_uri_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(args_for(tmp_path, None, ["--tracking-uri", "http://[::1"]))
+    check_one_line(code, capsys.readouterr().err, "tracking URI http://[::1 is not a URI")
+
+
 def test_missing_test_files_are_told_before_the_search(tmp_path, monkeypatch, capsys, data_dir):
     """The test set is read after the trials end; a data dir without it is refused before they start."""
     monkeypatch.chdir(tmp_path)
@@ -259,6 +265,15 @@ def test_resume_with_an_edited_space_file_is_refused(tmp_path, monkeypatch, caps
     code = main(args_for(tmp_path, edited, ["--name", "t", "--resume"]))    # written over space.yaml
     check_one_line(code, capsys.readouterr().err, "search t was started with another text of its space")
     assert (tmp_path / "rr" / "t" / "search_settings.json").read_text() == settings     # nothing rewritten
+
+
+def test_resume_in_another_experiment_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    started(tmp_path)
+    settings = tmp_path / "rr" / "t" / "search_settings.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "experiment": "first"}))
+    code = main(args_for(tmp_path, None, ["--name", "t", "--resume", "--experiment", "other"]))
+    check_one_line(code, capsys.readouterr().err, "search t logs to experiment first; resume it with that")
 
 
 def test_the_resume_command_names_a_storage_path_that_is_not_the_default(tmp_path, monkeypatch):

@@ -150,6 +150,32 @@ def test_a_database_uri_with_its_driver_is_tried_not_refused_for_its_scheme(tmp_
     assert code == 2 and "unsupported scheme" not in err and "cannot be used" in err, err
 
 
+def test_the_health_check_asks_as_mlflows_client_does(monkeypatch):
+    """A server behind a token (MLFLOW_TRACKING_TOKEN) answers the health check as it answers the client."""
+    import http.server
+    import threading
+
+    from tuner.tracking import server_health
+
+    class TokenOnly(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.headers.get("Authorization") == "Bearer s3cret" else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), TokenOnly)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{httpd.server_port}"
+    try:
+        assert server_health(uri, uri).status_code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret")
+        assert server_health(uri, uri).status_code == 200
+    finally:
+        httpd.shutdown()
+
+
 def test_a_server_that_is_not_mlflow_is_one_line(tmp_path):
     import http.server
     import threading

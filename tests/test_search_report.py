@@ -176,6 +176,20 @@ def test_the_search_part_renders_in_headless_chromium(section, tmp_path):
 
 # ---- importance on its own ----------------------------------------------------------------------------------
 
+def test_an_infinite_score_is_read_back_as_missing(tmp_path):
+    """A diverged trial reports the worst loss, +inf, which MLflow stores as the largest double."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.analysis.trials import history
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    for step, value in ((1, 2.3), (2, float("inf"))):
+        client.log_metric(run, "val_loss", value, step=step)
+    read = history(client, run, "val_loss")
+    assert read[1] == 2.3 and np.isnan(read[2])
+
+
 def test_importance_is_left_empty_where_trials_are_too_few_or_all_scored_the_same():
     import optuna
 

@@ -154,7 +154,7 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, da
     the search's chance floor, named in the end reason of a trial ASHA stopped at it."""
     from tuner.tracking import TrialRuns, log_datasets, start_search_run
 
-    command = shlex.join(["python -m tuner.run", *sys.argv[1:]]) if sys.argv[0].endswith("run.py") else \
+    command = "python -m tuner.run " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("run.py") else \
         shlex.join(sys.argv)
     tags = {"tuner.space": space.name, "tuner.command": redact(command), "mlflow.note.content": space.description}
     settings = redact_all(search_settings(space, opts))       # no credentials in params, tags or files
@@ -238,9 +238,18 @@ def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, 
     check_test_files(space.dataset, data_dir, args.download)
     opts = SearchOptions(args.name or unique_name(space.name), storage_location(args.storage_path), num_samples,
                          max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
+    check_resumed_experiment(args, opts)
     if not opts.remote_storage:
         prepare_storage(Path(opts.storage_path), Path(opts.experiment_path))
     return space, opts, data, data_dir
+
+
+def check_resumed_experiment(args, opts: SearchOptions) -> None:
+    """A resumed search's trials go on logging under its run, in the experiment it started in."""
+    then = saved_settings(opts).get("experiment") if args.resume else None
+    if then and args.experiment and args.experiment != then:
+        raise UserError(f"search {opts.name} logs to experiment {then}; resume it with that --experiment or "
+                        f"without one")
 
 
 def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
@@ -258,10 +267,10 @@ def stopped(tracking: Tracking, opts: SearchOptions, started_here: bool) -> int:
     """A search stopped by a signal (Ctrl-C, SIGTERM, Ray Jobs' stop): Tune saved its state; its MLflow runs
     that were running are closed as KILLED, and nothing is concluded."""
     from tuner.cluster import stop_ray_beside
-    from tuner.tracking import TrialRuns, close_interrupted_runs
+    from tuner.tracking import close_interrupted_runs
 
     ray_stopping = stop_ray_beside(started_here)
-    close_interrupted_runs(TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs, tracking.parent_run_id)
+    close_interrupted_runs(tracking.trial_runs.records(), tracking.parent_run_id)
     ray_stopping.join()
     print(f"stopped: search {opts.name} is saved; continue it with {resume_command(opts)}", file=sys.stderr)
     return 130
@@ -272,7 +281,7 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
     from tuner.cluster import check_multi_node, connect_ray, ray_is_up, stop_ray_beside, trial_resources
     from tuner.data_inputs import held_out_input, split_inputs
     from tuner.outcome import conclude
-    from tuner.tracking import TrialRuns, check_tracking, log_datasets
+    from tuner.tracking import check_tracking, log_datasets
 
     with timings.phase("setup"):
         check_exists(opts, args.resume)
@@ -297,7 +306,7 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
         if stop.requested:
             return stopped(tracking, opts, started_here=not ray_was_up)
     ray_stopping = stop_ray_beside(started_here=not ray_was_up)   # the rest needs no Ray
-    tracking.trial_runs = TrialRuns.live(tracking.parent_run_id) or tracking.trial_runs
+    tracking.trial_runs = tracking.trial_runs.records()
     with timings.phase("conclusion"):
         test_set = load_part(space.dataset, data_dir, "test", args.download)
         log_datasets(tracking.trial_runs.mlflow, tracking.parent_run_id,

@@ -93,19 +93,34 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
+def server_health(uri: str, shown: str):
+    """The server's answer to /health, asked the way MLflow's client asks (its credentials, token and TLS
+    settings from the environment: MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH, ...)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        return http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=5,
+                            raise_on_status=False)
+    except MlflowException as exc:
+        cause = type(exc.__cause__ or exc).__name__
+        raise UserError(f"MLflow tracking server {shown} is unreachable ({cause}); start one with "
+                        f"`mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri") from None
+
+
 def check_tracking(uri: str) -> MlflowClient:
     """Fail in one line, before any trial starts, if the tracking store cannot be used."""
-    scheme, shown = urlparse(uri).scheme, redact(uri)
+    shown = redact(uri)
+    try:
+        scheme = urlparse(uri).scheme
+    except ValueError as exc:   # e.g. an unclosed IPv6 bracket
+        raise UserError(f"tracking URI {shown} is not a URI ({exc}); use http(s)://host:port or "
+                        f"sqlite:///path/mlflow.db") from None
     if shown != uri:    # MLflow prints each run's link, credentials and all, when a run ends
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if scheme in ("http", "https"):
-        import requests
-
-        try:
-            reply = requests.get(uri.rstrip("/") + "/health", timeout=5)
-        except requests.RequestException as exc:
-            raise UserError(f"MLflow tracking server {shown} is unreachable ({type(exc).__name__}); start one with "
-                            f"`mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri") from None
+        reply = server_health(uri, shown)
         if reply.status_code != 200:
             raise UserError(f"{shown} answered {reply.status_code} to /health: is it an MLflow tracking server?")
     elif scheme.split("+")[0] not in ("sqlite", "file", "postgresql", "mysql", "mssql", "databricks", ""):
@@ -217,6 +232,15 @@ class TrialRuns(Callback):
     def live(cls, parent_run_id: str) -> "TrialRuns | None":
         return cls._live.get(parent_run_id)
 
+    def records(self) -> "TrialRuns":
+        """The instance Ray ran in this process; else this one with the trials' runs read from MLflow: with
+        Ray Client (``ray://``) the Tuner, and the callback with it, runs on the cluster."""
+        live = TrialRuns.live(self.parent_run_id)
+        if live is None:
+            self.setup()
+            live = self
+        return live
+
     def setup(self, **info):
         """Adopt the child runs this search already has (a resumed search continues them)."""
         TrialRuns._live[self.parent_run_id] = self
@@ -303,10 +327,12 @@ def log_datasets(client, run_id: str, inputs, what: str = "datasets") -> None:
 # ---- the search's own run --------------------------------------------------------------------------------
 
 def git_commit() -> str | None:
+    """The commit of tuner's own checkout (None for an installed package), wherever the command runs from."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -138,9 +138,11 @@ def outcome(reason: str | None) -> str:
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> pd.Series:
-    """A metric per epoch (step = epoch), each epoch once."""
+    """A metric per epoch (step = epoch), each epoch once. An infinite score (a diverged trial's worst loss)
+    is stored by MLflow as the largest double: read back as missing, as it scores nothing."""
     points = client.get_metric_history(run_id, key)
-    return pd.Series({p.step: p.value for p in points}, dtype=float).sort_index()
+    series = pd.Series({p.step: p.value for p in points}, dtype=float).sort_index()
+    return series.where(series.abs() < 1e300)
 
 
 def trial_row(client: MlflowClient, run: Run, settings: Settings, space: dict, start_ms: int) -> tuple[dict, pd.Series]:
