@@ -56,13 +56,16 @@ def parse_widths(text) -> list[int]:
     return widths
 
 
+INITS = ("default", "xavier", "kaiming")
+
+
 def init_weights(model: nn.Module, scheme: str) -> None:
     """'default' keeps PyTorch's init; 'xavier' and 'kaiming' re-initialise conv and linear weights."""
     if scheme == "default":
         return
     init = {"xavier": nn.init.xavier_uniform_, "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu")}
     if scheme not in init:
-        raise ArchitectureError(f"init {scheme!r} is not one of default, xavier, kaiming")
+        raise ArchitectureError(f"init {scheme!r} is not one of {', '.join(INITS)}")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             init[scheme](m.weight)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from models import MODELS
+from models import MODEL_VALUES, MODELS
 from tuner.checker import SpaceChecker
 from tuner.costs import COST_METRICS
 from tuner.data import DATASETS
@@ -39,7 +39,7 @@ RESOURCE_KEYS = ("cpu", "gpu")
 RESERVED = ("model", "dataset", "metric", "mode", "max_epochs", "seed")
 # Settings with a closed set of values, checked at load time wherever they appear.
 ENUMS = {"optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "augment": AUGMENTS,
-         "early_stop_on": ("val_loss", "val_accuracy"), **SETTING_VALUES}
+         "early_stop_on": ("val_loss", "val_accuracy"), **SETTING_VALUES, **MODEL_VALUES}
 # Distribution -> (number of arguments, builder). "int" bounds are inclusive at both ends.
 DISTRIBUTIONS = {
     "choice": (None, lambda v: tune.choice(v)),
