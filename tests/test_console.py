@@ -105,6 +105,21 @@ def records_reaching(logger_name: str, emit) -> list[str]:
     return seen
 
 
+def test_tensorboards_warning_about_the_epochs_list_is_dropped_and_no_other():
+    name = "ray.tune.logger.tensorboardx"
+
+    def warn(key: str):
+        return lambda: logging.getLogger(name).warning(          # Ray's text, as it words it
+            f"You are trying to log an invalid value ({key}=[{{'epoch': 1}}]) via TensorboardX. Skipping it.")
+
+    try:
+        quiet_libraries(verbose=False)
+        assert records_reaching(name, warn("ray/tune/epochs")) == []
+        assert len(records_reaching(name, warn("ray/tune/other"))) == 1
+    finally:
+        quiet_libraries(verbose=False)
+
+
 def test_only_notices_that_call_for_no_action_are_dropped(tmp_path, capfd):
     from mlflow.tracking import MlflowClient
     from ray._private.authentication import authentication_token_setup as token

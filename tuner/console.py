@@ -26,6 +26,9 @@ SILENCED = {
     # A Ray started by the search enables token authentication by itself and says so; the notice only
     # tells how to turn it off. Its counterpart, that a cluster runs without a token, still shows.
     "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+    # A trial's result carries its epochs' records as a list ("epochs"), which TensorBoard cannot plot; the
+    # per-epoch metrics it can plot are logged, so its one warning about the list calls for nothing.
+    "ray.tune.logger.tensorboardx": ("You are trying to log an invalid value (ray/tune/epochs=",),
 }
 
 
