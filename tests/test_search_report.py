@@ -126,6 +126,25 @@ def test_fifo_trains_every_asha_stopped_trial_on_to_max_t(section):
     times = csv(section, "trial_times.csv")
     assert len(times) == len(section.runs) and (times["wall_seconds"] > 0).all()
     assert (times["train_seconds"] < times["wall_seconds"]).all()
+    busy = times["train_seconds"] + times["eval_seconds"] + times["overhead_seconds"]
+    worked = busy > 0                                      # a rejected network measured nothing: its wall time
+    assert np.allclose(times.loc[worked, "device_seconds"], busy[worked])          # one CPU per trial
+    assert (busy <= times["wall_seconds"]).all()
+
+
+def test_device_seconds_leave_out_the_time_a_search_stood_interrupted(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tuner.analysis.trials import Settings, trial_row
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run_id = client.create_run(client.create_experiment("e"), start_time=1_000).info.run_id
+    for key, value in (("val_accuracy", 0.5), ("epoch_seconds", 3.0), ("eval_seconds", 1.0), ("setup_seconds", 0.5)):
+        client.log_metric(run_id, key, value, step=1)
+    client.set_terminated(run_id, end_time=1_000 + 3_600_000)      # resumed an hour later, then finished
+    settings = Settings("val_accuracy", "max", 1, 2, 2, [], cpus_per_trial=2, gpus_per_trial=0, searcher="tpe")
+    row, _ = trial_row(client, client.get_run(run_id), settings, {}, 0)
+    assert row["wall_seconds"] == 3600 and row["device_seconds"] == pytest.approx(2 * 4.5)
 
 
 @slow

@@ -113,8 +113,10 @@ def budget_section(record: SearchRecord, out: Path) -> Section:
         decides = (f"{s.stopper} decides at every epoch from the grace period ({s.grace_period}) to max_t "
                    f"({s.max_t}); the stretches below end at the epochs ASHA would decide at, for comparison. ")
     section = Section("budget", "What the search spent", decides +
-                      f"Trial-epochs are epochs trained, summed over trials. Device-seconds are each trial's wall "
-                      f"time times its share of devices ({s.device_share:g} per trial: {s.device_unit}).")
+                      f"Trial-epochs are epochs trained, summed over trials. Device-seconds are the seconds each trial "
+                      f"measured itself training, evaluating and around them (setup, checkpoints, reports) times "
+                      f"its share of devices ({s.device_share:g} per trial: {s.device_unit}); its wall time, start "
+                      f"to end, also holds any time the search stood interrupted.")
     for name in ("budget_rungs.csv", "budget_fifo.csv", "trial_times.csv"):
         section.attach(out / name)
     section.table(rungs, "per stretch between ASHA's rungs (under a pruner: where ASHA would decide): trials that "

@@ -161,7 +161,10 @@ def trial_row(client: MlflowClient, run: Run, settings: Settings, space: dict, s
            "wall_seconds": (end - run.info.start_time) / 1000.0 if end else np.nan}
     for column, keys in TIMES.items():
         row[column] = float(sum(history(client, run.info.run_id, k).sum() for k in keys))
-    row["device_seconds"] = row["wall_seconds"] * settings.device_share
+    # The seconds the trial measured itself working, not its run's start to end: that also holds the hours a
+    # search stood interrupted before --resume. A trial that measured nothing (rejected) counts its wall time.
+    busy = sum(row[column] for column in TIMES)
+    row["device_seconds"] = (busy if busy > 0 else row["wall_seconds"]) * settings.device_share
     row.update({name: parse_value(run.data.params.get(name), dist) for name, dist in space.items()})
     return row, scores
 
