@@ -213,3 +213,25 @@ def test_the_champion_is_compared_only_on_the_same_test_set(store):
     assert str(client.get_model_version_by_alias("d", "champion").version) == better["version"]
     client.delete_model_version_tag("d", better["version"], "test_digest")   # a champion of an older tuner
     assert publish_one(0.95)["alias"] == "challenger"
+
+
+def test_a_resumed_transfer_search_starts_from_the_version_its_alias_named_at_first(store, tmp_path):
+    from tuner.pretrained import resolve_pretrained
+    from tuner.spaces import load_space
+
+    uri, client, experiment = store
+    first = wrapped("convnet", DIGITS, (1, 8, 8), 10)
+    publish(uri, [candidate(client, experiment, first, DIGITS, 0.8)], "p", EXAMPLE, 10, TAGS)
+    (tmp_path / "t.yaml").write_text('description: t\ndataset: digits\nmodel: convnet\n'
+                                     'fixed: {pretrained: "models:/p@champion"}\n'
+                                     'search:\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n')
+    space = load_space(str(tmp_path / "t.yaml"))
+    found = resolve_pretrained(space, {}, uri, False)
+    assert found.pinned == "models:/p/1"
+    torch.manual_seed(1)
+    second = Normalized(build_model("convnet", DIGITS, (1, 8, 8), 10), [0.4], [0.3]).eval()
+    publish(uri, [candidate(client, experiment, second, DIGITS, 0.9)], "p", EXAMPLE, 10, TAGS)
+    client.set_registered_model_alias("p", "champion", "2")             # the alias moved on meanwhile
+    assert resolve_pretrained(space, {}, uri, False).pinned == "models:/p/2"
+    resumed = resolve_pretrained(space, {}, uri, False, pinned=found.pinned)
+    assert resumed.pinned == "models:/p/1" and all(torch.equal(resumed.state[k], v) for k, v in found.state.items())

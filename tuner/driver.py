@@ -287,8 +287,10 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
         check_exists(opts, args.resume)
         uri = tracking_uri_for(args, opts)
         client = check_tracking(uri)                        # before Ray starts
-        weights = resolve_pretrained(space, opts.overrides, uri, args.download)   # transfer: before Ray too
+        pinned = saved_settings(opts).get("pretrained_from") if args.resume else None
+        weights = resolve_pretrained(space, opts.overrides, uri, args.download, pinned)   # transfer: before Ray too
         opts.pretrained, opts.overrides = weights.state, {**opts.overrides, **weights.settings}
+        opts.pretrained_from = weights.pinned if weights.pinned != "none" else weights.source
     with timings.phase("Ray start"):
         ray_was_up = ray_is_up()
         cluster = connect_ray(args.address)

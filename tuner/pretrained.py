@@ -33,9 +33,13 @@ class Pretrained:
     state: dict[str, torch.Tensor] | None = None   # CPU tensors, keyed like the model's state dict
     settings: dict = field(default_factory=dict)   # architecture settings taken from the source
     source: str = "none"
+    pinned: str = "none"     # the source as found: a registry alias resolved to models:/NAME/VERSION
 
 
-def resolve_pretrained(space: Space, overrides: dict, tracking_uri: str, download: bool) -> Pretrained:
+def resolve_pretrained(space: Space, overrides: dict, tracking_uri: str, download: bool,
+                       pinned: str | None = None) -> Pretrained:
+    """``pinned``: on --resume, the registered version the search started from (an alias may have moved to
+    another model since: the rest of the trials start from the same weights as the first)."""
     if "pretrained" in space.search:
         raise UserError(f"{space.path}: search.pretrained: weights cannot be searched; fix them under fixed: "
                         f"or with --set pretrained=...")
@@ -45,7 +49,8 @@ def resolve_pretrained(space: Space, overrides: dict, tracking_uri: str, downloa
     if source == "imagenet":
         found = Pretrained(imagenet_weights(space.model, download), {}, source)
     elif source.startswith("models:/"):
-        found = from_registry(source, space, overrides, tracking_uri)
+        found = from_registry(pinned if pinned and pinned.startswith("models:/") else source, space, overrides,
+                              tracking_uri)
     else:
         found = Pretrained(from_file(source), {}, source)
     arch = ", ".join(f"{k}={v}" for k, v in found.settings.items())
@@ -113,7 +118,7 @@ def from_registry(uri: str, space: Space, overrides: dict, tracking_uri: str) ->
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
-        model, settings, _ = load_registered(client, uri)
+        model, settings, version = load_registered(client, uri)
     except UserError as exc:
         raise UserError(f"pretrained: {exc}") from None
     except Exception as exc:
@@ -121,7 +126,8 @@ def from_registry(uri: str, space: Space, overrides: dict, tracking_uri: str) ->
         raise UserError(f"pretrained: {uri} cannot be loaded from {redact(tracking_uri)} ({first}); run the search "
                         f"that registers it first, or check the name and alias") from None
     state = {k: v.detach().cpu().clone() for k, v in model.model.state_dict().items()}
-    return Pretrained(state, source_settings(settings["config"], space, overrides, uri), uri)
+    return Pretrained(state, source_settings(settings["config"], space, overrides, uri), uri,
+                      f"models:/{version.name}/{version.version}")
 
 
 def source_settings(params: dict, space: Space, overrides: dict, uri: str) -> dict:

@@ -46,6 +46,7 @@ class SearchOptions:
     grid: bool = False                   # every choice as an exhaustive grid instead of TPE
     overrides: dict = field(default_factory=dict)
     pretrained: dict | None = None       # state dict every trial starts from (tuner.pretrained)
+    pretrained_from: str = "none"        # where it was read: a registry alias as the version it named
     callbacks: list = field(default_factory=list)
     verbose: int = 1                     # Ray's verbosity (0: nothing printed while the search runs)
     full_output: bool = False            # --verbose: Ray's status table instead of the progress line
@@ -332,7 +333,7 @@ def search_settings(space: Space, opts: SearchOptions) -> dict:
         "pruner": space.pruner, "time_attr": "epoch", "max_t": space.max_epochs,
         "grace_period": space.grace_period, "reduction_factor": space.reduction_factor, "brackets": space.brackets,
         "quorum": space.quorum, "quorum_epochs": quorum_epochs(make_scheduler(space)),
-        "stop_at_chance": space.stop_at_chance,
+        "stop_at_chance": space.stop_at_chance, "pretrained_from": opts.pretrained_from,
         "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
         "max_concurrent": opts.max_concurrent or "auto", "max_failures": opts.max_failures,
         "storage_path": str(opts.storage_path), "fixed": space.fixed,
