@@ -83,6 +83,8 @@ def test_images_and_labels_that_do_not_pair_up_are_one_line(tmp_path, data_dir):
 
 def test_the_data_dir_may_be_torchvisions_mnist_folder(data_dir):
     assert len(load_part("mnist", data_dir / "MNIST", "test")) == 10000        # MNIST/raw/ under it
+    with pytest.raises(UserError, match="dataset fashion_mnist not found"):  # the same file names, not its folder
+        load_part("fashion_mnist", data_dir / "MNIST", "test")
 
 
 def test_folders_named_like_cifar100s_files_are_not_its_files(tmp_path):

@@ -181,7 +181,8 @@ def _find_folder(name: str, data_dir: Path, part: str) -> Path | None:
     """The folder holding ``name``'s files: <dir>/<folder>/raw, <dir>/<folder>, <dir> itself, or <dir>/raw
     (where <dir> is torchvision's MNIST/ or FashionMNIST/ folder)."""
     spec = DATASETS[name]
-    for folder in (data_dir / spec.folder / "raw", data_dir / spec.folder, data_dir, data_dir / "raw"):
+    own = [data_dir / "raw"] if data_dir.name == spec.folder else []     # MNIST and Fashion-MNIST share file names
+    for folder in (data_dir / spec.folder / "raw", data_dir / spec.folder, data_dir, *own):
         if all(_exists(folder / f) for f in spec.files[part]):
             return folder
     return None
