@@ -155,7 +155,7 @@ def test_the_health_check_asks_as_mlflows_client_does(monkeypatch):
     import http.server
     import threading
 
-    from tuner.tracking import server_health
+    from tuner.store import server_health
 
     class TokenOnly(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

@@ -59,7 +59,7 @@ def options(args: argparse.Namespace) -> Options:
     from tuner.data import resolve_data_dir
     from tuner.guards import check_name
     from tuner.limits import check_flags
-    from tuner.tracking import resolve_tracking_uri
+    from tuner.store import resolve_tracking_uri
 
     check_flags(args)
     check_name("--search", args.search)          # it names the report's folder and an MLflow filter

@@ -165,7 +165,8 @@ def start_tracking(args, uri: str, client, space: Space, opts: SearchOptions, da
     client.log_dict(run_id, settings, SETTINGS_FILE)
     log_datasets(client, run_id, datasets)
     mine = {**settings, "tracking_uri": redact(uri), "experiment": experiment, "search_run_id": run_id,
-            "flags": redact_all({key: getattr(args, key) for key in ADOPTED_FLAGS}), "space_sha256": space_digest(space)}
+            "flags": redact_all({key: getattr(args, key) for key in ADOPTED_FLAGS}),
+            "space_sha256": space_digest(space)}
     (opts.outcome_dir / SETTINGS_FILE).write_text(json.dumps(mine, indent=2, default=str))
     callback = TrialRuns(uri, experiment_id, run_id, (space.grace_period, space.reduction_factor, space.max_epochs),
                          datasets, floor, space.stopper)
@@ -190,7 +191,7 @@ def saved_settings(opts: SearchOptions) -> dict:
 def tracking_uri_for(args, opts: SearchOptions) -> str:
     """The tracking URI; a resumed search keeps logging where it started. The search's files hold it
     without credentials, so a URI with credentials is given again (flag or environment) to resume."""
-    from tuner.tracking import absolute_sqlite, resolve_tracking_uri
+    from tuner.store import absolute_sqlite, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     started = saved_settings(opts).get("tracking_uri") if args.resume else None
@@ -281,7 +282,8 @@ def search_and_conclude(args, space: Space, opts: SearchOptions, data: TrialData
     from tuner.cluster import check_multi_node, connect_ray, ray_is_up, stop_ray_beside, trial_resources
     from tuner.data_inputs import held_out_input, split_inputs
     from tuner.outcome import conclude
-    from tuner.tracking import check_tracking, log_datasets
+    from tuner.store import check_tracking
+    from tuner.tracking import log_datasets
 
     with timings.phase("setup"):
         check_exists(opts, args.resume)

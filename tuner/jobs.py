@@ -166,7 +166,7 @@ def resume_search(client, name: str) -> int:
 def check_cluster(args: argparse.Namespace) -> int:
     """Run on the cluster by tuner.run --submit, as a job: what a driver there will need."""
     from tuner.cluster import check_multi_node, connect_ray
-    from tuner.tracking import check_tracking
+    from tuner.store import check_tracking
 
     check_tracking(args.tracking_uri)
     connect_ray(None)                     # the job's cluster ($RAY_ADDRESS, set by Ray Jobs)

@@ -100,7 +100,8 @@ def load_pretrained(model: nn.Module, source: dict[str, torch.Tensor]) -> dict[s
     own = model.state_dict()
     fits = {k: v for k, v in source.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     # a batch norm's step count is absent from weights saved before PyTorch 0.4.1 (ImageNet's ResNet files)
-    misfits = [k for k in own if k not in fits and not k.startswith(HEAD + ".") and not k.endswith(".num_batches_tracked")]
+    misfits = [k for k in own if k not in fits and not k.startswith(HEAD + ".")
+               and not k.endswith(".num_batches_tracked")]
     if misfits or not fits:
         first = misfits[0] if misfits else next(iter(own))
         theirs = tuple(source[first].shape) if first in source else "absent"

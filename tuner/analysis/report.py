@@ -132,7 +132,7 @@ def log_to_mlflow(record: SearchRecord, source: Source | None, opts: Options, se
 def load(opts: Options) -> tuple[SearchRecord, Source | None]:
     """The search's record and, unless --search-only, the model's source; every input checked first."""
     if opts.search_only:
-        from tuner.tracking import check_tracking
+        from tuner.store import check_tracking
 
         client = check_tracking(opts.tracking_uri)
         parent = find_search(client, opts.search, opts.experiment)

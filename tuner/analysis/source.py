@@ -124,7 +124,7 @@ def logged_model(client: MlflowClient, run: Run, search: str):
 
 
 def load_source(opts: Options) -> Source:
-    from tuner.tracking import check_tracking
+    from tuner.store import check_tracking
 
     client = check_tracking(opts.tracking_uri)
     parent = find_search(client, opts.search, opts.experiment)
