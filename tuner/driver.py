@@ -247,7 +247,7 @@ def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, 
 
 def check_resumed_experiment(args, opts: SearchOptions) -> None:
     """A resumed search's trials go on logging under its run, in the experiment it started in."""
-    then = saved_settings(opts).get("experiment") if args.resume else None
+    then = (started_settings(args) or {}).get("experiment")     # read without making the search's folder
     if then and args.experiment and args.experiment != then:
         raise UserError(f"search {opts.name} logs to experiment {then}; resume it with that --experiment or "
                         f"without one")
