@@ -87,20 +87,28 @@ def adopt_started_flags(args) -> None:
     args.max_failures = 1 if args.max_failures is None else args.max_failures
 
 
-def started_space(args) -> str:
-    """On --resume without --space, the space the search was started with: its file, else its shipped name."""
-    settings = started_settings(args) or {}
-    path = settings.get("space_file")
-    return path if path and Path(path).is_file() else settings.get("space", "quickstart")
+def started_space(started: dict) -> str:
+    """On --resume without --space, the space the search was started with (``started``: its settings file):
+    its file, else its shipped name."""
+    path = started.get("space_file")
+    return path if path and Path(path).is_file() else started.get("space", "quickstart")
 
 
-def check_same_space(args, space: Space) -> None:
+def check_same_space(args, space: Space, started: dict) -> None:
     """A resumed search's space file must hold the text it was started with: Ray checks only the names of the
     searched settings, so edited ranges or fixed values would continue the search as another one."""
-    then = (started_settings(args) or {}).get("space_sha256")
+    then = started.get("space_sha256")
     if then and then != space_digest(space):
         raise UserError(f"search {args.name} was started with another text of its space "
-                        f"({started_settings(args).get('space_file')}); resume it with that file as it was")
+                        f"({started.get('space_file')}); resume it with that file as it was")
+
+
+def check_resumed_experiment(args, started: dict) -> None:
+    """A resumed search's trials go on logging under its run, in the experiment it started in."""
+    then = started.get("experiment")
+    if then and args.experiment and args.experiment != then:
+        raise UserError(f"search {args.name} logs to experiment {then}; resume it with that --experiment or "
+                        f"without one")
 
 
 def space_digest(space: Space) -> str:
@@ -217,8 +225,10 @@ def check_inputs(args: argparse.Namespace) -> tuple[Space, dict]:
         if name is not None:
             check_name(what, name)
     adopt_started_flags(args)     # after the name check: the name is part of the settings file's path
-    space = load_space(args.space or started_space(args))
-    check_same_space(args, space)
+    started = started_settings(args) or {}
+    space = load_space(args.space or started_space(started))
+    check_same_space(args, space, started)
+    check_resumed_experiment(args, started)
     check_name("the space file's name (it names the MLflow experiment and model)", space.name)
     return space, dict(parse_override(o, space) for o in args.overrides)
 
@@ -239,18 +249,10 @@ def prepare(args: argparse.Namespace) -> tuple[Space, SearchOptions, TrialData, 
     check_test_files(space.dataset, data_dir, args.download)
     opts = SearchOptions(args.name or unique_name(space.name), storage_location(args.storage_path), num_samples,
                          max_epochs, 1, 0, args.max_concurrent, args.seed, args.max_failures, args.grid, overrides)
-    check_resumed_experiment(args, opts)
     if not opts.remote_storage:
         prepare_storage(Path(opts.storage_path), Path(opts.experiment_path))
     return space, opts, data, data_dir
 
-
-def check_resumed_experiment(args, opts: SearchOptions) -> None:
-    """A resumed search's trials go on logging under its run, in the experiment it started in."""
-    then = (started_settings(args) or {}).get("experiment")     # read without making the search's folder
-    if then and args.experiment and args.experiment != then:
-        raise UserError(f"search {opts.name} logs to experiment {then}; resume it with that --experiment or "
-                        f"without one")
 
 
 def run_search(args: argparse.Namespace, timings: Timings | None = None) -> int:
