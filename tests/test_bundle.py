@@ -235,3 +235,19 @@ def test_a_resumed_transfer_search_starts_from_the_version_its_alias_named_at_fi
     assert resolve_pretrained(space, {}, uri, False).pinned == "models:/p/2"
     resumed = resolve_pretrained(space, {}, uri, False, pinned=found.pinned)
     assert resumed.pinned == "models:/p/1" and all(torch.equal(resumed.state[k], v) for k, v in found.state.items())
+
+
+def test_a_search_concluded_again_names_the_model_it_registered_the_first_time(store):
+    from types import SimpleNamespace
+
+    from tuner.outcome import register
+    from tuner.tracking import Tracking, TrialRuns
+
+    uri, client, experiment = store
+    parent = client.create_run(experiment, tags={"tuner.registered": "t1", "tuner.registered_uri": "models:/d@champion",
+                                                 "tuner.registered_version": "3"}).info.run_id
+    tracking = Tracking(uri, experiment, parent, TrialRuns(uri, experiment, parent, (1, 3, 3)))
+    space = SimpleNamespace(multi_objective=False)
+    registered, missed = register([("t1", None, None, None)], None, space, tracking, None, None, 1)
+    assert missed == [] and registered["uri"] == "models:/d@champion" and registered["version"] == "3"
+    assert client.search_model_versions() == []           # nothing registered again

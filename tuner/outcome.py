@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from mlflow.entities import RunTag
 
 from tuner.data import ImageSet, TrialData
 from tuner.evaluation import load_trial_model, score
@@ -58,7 +59,7 @@ def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet,
     top = ",".join(tid for tid, *_ in chosen)
     parent = safe.call("the search run", "get_run", tracking.parent_run_id)
     if parent is not FAILED and parent.data.tags.get("tuner.registered") == top:
-        return None, []     # a resumed search that found nothing better: these models are registered already
+        return already_registered(parent.data.tags), []   # a resumed search that ended as it had already
     val = scored.set_index("trial_id")[f"best_{space.metric}"]
     shape = test_set.images.shape[1:]
     candidates = [Candidate(i + 1, tid, runs[tid], model, {k_: test[k_] for k_ in ("test_accuracy", "test_loss")},
@@ -77,8 +78,18 @@ def register(best, scored, space: Space, tracking: Tracking, test_set: ImageSet,
         first = redact(str(exc).strip().splitlines()[0][:200]) if str(exc).strip() else type(exc).__name__
         print(f"warning: models not registered in MLflow: {first}", file=sys.stderr)
         return None, [f"models ({first})"]
-    safe.call("registered trials", "set_tag", tracking.parent_run_id, "tuner.registered", top)
+    safe.call("registered models", "log_batch", tracking.parent_run_id,
+              tags=[RunTag("tuner.registered", top), RunTag("tuner.registered_uri", done["uri"]),
+                    RunTag("tuner.registered_version", str(done["version"]))])
     return done, []
+
+
+def already_registered(tags: dict) -> dict | None:
+    """What the search registered when it first ended, from its run's tags, for the summary's line."""
+    if "tuner.registered_uri" not in tags:
+        return None          # registered before the run kept the model's URI
+    return {"uri": tags["tuner.registered_uri"], "version": tags["tuner.registered_version"],
+            "note": "registered when the search first ended"}
 
 
 def register_front(uri: str, name: str, candidates, versions: list[str], scored) -> dict[str, str]:
