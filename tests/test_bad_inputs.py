@@ -259,6 +259,15 @@ def test_resume_takes_the_space_the_search_started_with(tmp_path):
     assert space.path == tmp_path / "mine.yaml" and args.max_failures == 3
 
 
+def test_resume_without_space_when_its_file_is_gone_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart.yaml").write_text(SPACE)              # named like a shipped space
+    started(tmp_path, space=tmp_path / "quickstart.yaml")
+    (tmp_path / "quickstart.yaml").unlink()
+    code = main(["--name", "t", "--resume", "--storage-path", str(tmp_path / "rr")])
+    check_one_line(code, capsys.readouterr().err, f"started with the space file {tmp_path}/quickstart.yaml, which is not")
+
+
 def test_resume_with_an_edited_space_file_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(SPACE)

@@ -55,7 +55,8 @@ def test_asha_expectation_follows_its_milestones():
 
 def test_trials_are_counted_by_how_they_ended_and_the_best_is_the_best_epoch_of_any():
     t = tally(search_of_seven(), total=10, metric="val_accuracy", mode="max", asha=QUICKSTART_ASHA)
-    assert t.counts == {"running": 1, "pending": 4, "completed": 1, "stopped": 2, "invalid": 1, "failed": 1}
+    assert t.counts == {"running": 1, "pending": 4, "completed": 1, "stopped": 2, "invalid": 1, "diverged": 0,
+                        "failed": 1}
     assert t.best == (0.97, "run1")
     assert t.epochs_done == 20 + 2 + 3 + 0 + 1 + 7
     # finished trials' epochs (26 over 5) shrunk towards ASHA's 4.74, for the 4 to come; run1 heads for 18.67
@@ -63,6 +64,13 @@ def test_trials_are_counted_by_how_they_ended_and_the_best_is_the_best_epoch_of_
     assert t.epochs_expected == pytest.approx(26 + 4 * per_trial + 18 + 2 / 3)
     low = tally(search_of_seven(), total=10, metric="val_accuracy", mode="min", asha=QUICKSTART_ASHA)
     assert low.best == (0.3, "err1")   # an invalid trial's stand-in score (0 at epoch 0) is never the best
+
+
+def test_a_trial_whose_loss_diverged_is_counted_as_diverged_not_stopped():
+    ended = trial("div1", Trial.TERMINATED, [0.3, 0.0], end_reason="diverged at epoch 2: training loss became nan")
+    t = tally([ended], total=2, metric="val_accuracy", mode="max", asha=QUICKSTART_ASHA)
+    assert t.counts["diverged"] == 1 and t.counts["stopped"] == 0
+    assert progress_line(t, "val_accuracy", 5, None, False).startswith("[0:05] 1/2 trials done (1 diverged)")
 
 
 def test_the_line_says_where_the_search_stands():

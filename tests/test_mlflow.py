@@ -139,7 +139,7 @@ def test_an_unreachable_tracking_uri_exits_2_with_one_line_before_ray_starts(tmp
                              cwd=tmp_path)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: MLflow tracking server") and "unreachable" in lines[0]
+    assert lines[0].startswith("error: MLflow tracking server") and "unreachable (ConnectionError)" in lines[0]
     assert not (tmp_path / "mlflow").exists() and not list(tmp_path.iterdir())   # nothing was started or written
 
 

@@ -87,6 +87,9 @@ def test_a_trial_whose_loss_diverges_ends_with_the_worst_score_instead_of_failin
     (last,) = rec.results
     assert last["epoch"] == 1 and last["val_accuracy"] == 0.0 and not math.isfinite(last["train_loss"])
     assert last["end_reason"].startswith("diverged at epoch 1: training loss became")
+    again = Recorder(tmp_path / "again")          # restarted from the checkpoint it ended with: nothing more
+    run_trial({**CONFIG, "optimizer": "sgd", "lr": 1.0e6, "max_epochs": 3}, digits, again, start=rec.checkpoints[-1])
+    assert again.results == []
 
 
 def test_the_reported_learning_rate_is_the_one_the_epoch_trained_with(tmp_path, digits):

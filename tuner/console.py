@@ -80,15 +80,20 @@ def asha_expected_epochs(asha: tuple[int, int, int], reached: int = 0) -> float:
     return expected
 
 
+# How finished trials ended, as the progress line names them.
+FINISHED = {"completed": "completed", "stopped": "stopped early", "invalid": "invalid", "diverged": "diverged",
+            "failed": "failed"}
+
+
 def how_it_ended(status: str, last: dict, max_epochs: int) -> str:
-    """running, pending, completed, stopped (ASHA or patience), invalid or failed."""
+    """running, pending, completed, stopped (ASHA or patience), invalid, diverged or failed."""
     if status == "ERROR":
         return "failed"
     if status != "TERMINATED":
         return "running" if status == "RUNNING" else "pending"
     reason = str(last.get("end_reason") or "")
-    if reason.startswith("invalid"):
-        return "invalid"
+    if reason.startswith(("invalid", "diverged")):
+        return reason.split()[0]
     if reason == "completed" or (not reason and int(last.get("epoch", 0) or 0) >= max_epochs):
         return "completed"
     return "stopped"
@@ -112,7 +117,7 @@ class Tally:
 
 def tally(trials: list, total: int, metric: str, mode: str, asha: tuple[int, int, int]) -> Tally:
     """``asha`` is (grace period, reduction factor, max epochs); ``total`` the trials the search will run."""
-    counts = dict.fromkeys(("running", "pending", "completed", "stopped", "invalid", "failed"), 0)
+    counts = dict.fromkeys(("running", "pending", *FINISHED), 0)
     finished, running, best = [], [], None
     for trial in trials:
         last = trial.last_result or {}
@@ -135,9 +140,8 @@ def tally(trials: list, total: int, metric: str, mode: str, asha: tuple[int, int
 def progress_line(t: Tally, metric: str, elapsed: float, rate: float | None, done: bool) -> str:
     """``rate``: trial-epochs per second so far (None before there is one)."""
     c = t.counts
-    finished = c["completed"] + c["stopped"] + c["invalid"] + c["failed"]
-    kinds = ", ".join(f"{c[k]} {label}" for k, label in (("completed", "completed"), ("stopped", "stopped early"),
-                                                         ("invalid", "invalid"), ("failed", "failed")) if c[k])
+    finished = sum(c[k] for k in FINISHED)
+    kinds = ", ".join(f"{c[k]} {label}" for k, label in FINISHED.items() if c[k])
     trials = f"[{clock(elapsed)}] {finished}/{finished + c['running'] + c['pending']} trials done" \
              + (f" ({kinds})" if kinds else "") + ("" if done else f", {c['running']} running")
     parts = [trials] + ([f"best {metric} {t.best[0]:.4g} ({t.best[1]})"] if t.best else [])

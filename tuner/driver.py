@@ -87,11 +87,14 @@ def adopt_started_flags(args) -> None:
     args.max_failures = 1 if args.max_failures is None else args.max_failures
 
 
-def started_space(started: dict) -> str:
-    """On --resume without --space, the space the search was started with (``started``: its settings file):
-    its file, else its shipped name."""
+def started_space(args, started: dict) -> str:
+    """On --resume without --space, the space file the search was started with (``started``: its settings
+    file); a search from before the file named it: quickstart, the default."""
     path = started.get("space_file")
-    return path if path and Path(path).is_file() else started.get("space", "quickstart")
+    if path and not Path(path).is_file():     # e.g. a Ray Job's copy, in a folder on the cluster
+        raise UserError(f"search {args.name} was started with the space file {path}, which is not there; resume "
+                        f"it with --space naming that file (or its copy)")
+    return path or "quickstart"
 
 
 def check_same_space(args, space: Space, started: dict) -> None:
@@ -226,7 +229,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[Space, dict]:
             check_name(what, name)
     adopt_started_flags(args)     # after the name check: the name is part of the settings file's path
     started = started_settings(args) or {}
-    space = load_space(args.space or started_space(started))
+    space = load_space(args.space or started_space(args, started))
     check_same_space(args, space, started)
     check_resumed_experiment(args, started)
     check_name("the space file's name (it names the MLflow experiment and model)", space.name)

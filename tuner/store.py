@@ -56,7 +56,7 @@ def server_health(uri: str, shown: str):
         return http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=5,
                             raise_on_status=False)
     except MlflowException as exc:
-        cause = type(exc.__cause__ or exc).__name__
+        cause = type(exc.__cause__ or exc.__context__ or exc).__name__   # MLflow does not chain it
         raise UserError(f"MLflow tracking server {shown} is unreachable ({cause}); start one with "
                         f"`mlflow server --host 127.0.0.1 --port 5000` or pass another --tracking-uri") from None
 

@@ -114,6 +114,7 @@ class TrialState:
         self.best = Best(config.get("metric", "val_accuracy"), config.get("mode", "max"))
         self.gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
         self.epoch = 0
+        self.ended: str | None = None      # why the trial ended, in the checkpoint it ended with
         # Compiled for training steps only: evaluation and checkpoints use the plain module (same weights).
         self.step_model = torch.compile(self.model) if self.cfg.compile else self.model
 
@@ -138,7 +139,7 @@ class TrialState:
         torch.save(self.eval_model.state_dict(), os.path.join(folder, MODEL_FILE))
         torch.save(self.best.weights or self.eval_model.state_dict(), os.path.join(folder, BEST_FILE))
         state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                 "stopper": self.stopper.state_dict(), "epoch": self.epoch, **self.rng_states(),
+                 "stopper": self.stopper.state_dict(), "epoch": self.epoch, "ended": self.ended, **self.rng_states(),
                  "best": {"epoch": self.best.epoch, "value": self.best.value}}
         if self.ema is not None:   # model.pt holds the average; training goes on from the raw weights
             state.update(train_model=self.model.state_dict(), ema_steps=self.ema.steps)
@@ -159,6 +160,7 @@ class TrialState:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch = state["epoch"]
+        self.ended = state.get("ended")
         self.best.epoch, self.best.value = state["best"]["epoch"], state["best"]["value"]
         self.best.weights = read(BEST_FILE, self.device) if self.best.value is not None else None
 
@@ -226,7 +228,7 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
     pending, overhead = [], {"setup_seconds": time.perf_counter() - t0}   # overhead: on the next epoch's record
     last_report, costs = time.monotonic(), {}
     # A checkpoint written as the trial ended (Ray may restart a trial from it) trains no further.
-    while state.epoch < state.cfg.max_epochs and not state.stopper.stopped:
+    while state.epoch < state.cfg.max_epochs and not state.ended and not state.stopper.stopped:
         state.epoch += 1
         _fault_hook(state.epoch)
         metrics = {**epoch_metrics(state, trainer, dd), **overhead}
@@ -234,6 +236,7 @@ def run_trial(config: dict, data: TrialData, report: Report, start: str | Path |
         if ended is None:       # a diverged epoch is no one's best: best_model.pt keeps the last good one
             state.best.update(state.epoch, metrics, state.eval_model)
             ended = end_of(state, state.stopper.update(state.epoch, metrics))
+        state.ended = ended
         pending.append(metrics)
         if ended is None and not reporting.due(state.epoch, time.monotonic() - last_report):
             overhead = {}
