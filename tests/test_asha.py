@@ -76,6 +76,14 @@ def test_the_quorum_holds_only_at_the_rungs_a_search_of_its_size_fills():
     assert decisions(large, [0.9, 0.8], epoch=18) == ["STOP", "STOP"]
 
 
+@pytest.mark.parametrize("max_t,brackets", [(20, 4), (1, 2)])     # (1, 2): a --smoke search of two brackets
+def test_a_bracket_without_rungs_has_no_quorum(max_t, brackets):
+    scheduler = QuorumASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=max_t,
+                           grace_period=min(2, max_t), reduction_factor=3, brackets=brackets, num_samples=24)
+    empty = [b for b in scheduler._brackets if not b._rungs]
+    assert empty and all(b.quorum_milestones == frozenset() for b in empty)
+
+
 def test_chance_is_the_commonest_class_share_or_the_loss_of_predicting_class_frequencies():
     labels = np.array([0] * 600 + [1] * 300 + [2] * 100)
     se = math.sqrt(0.6 * 0.4 / 1000)

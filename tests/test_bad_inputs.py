@@ -94,6 +94,8 @@ SPACE_CASES = [
     ("qloguniform", SPACE.replace("{loguniform: [1.0e-3, 1.0e-2]}", "{qloguniform: [1.0e-3, 1.0e-1, 1.0e-3]}"), [],
      "Optuna's samplers cannot quantize a log scale"),
     ("start point", SPACE + "start:\n  - {lr: -1.0}\n", [], "start[0].lr: -1.0 is out of range"),
+    ("start point in part", with_search("kernel_size: {choice: [3, 5]}") + "start:\n  - {lr: 0.001}\n", [],
+     "start[0]: gives no value of kernel_size; a start point gives every searched key"),
     ("reference .nan", SPACE + "reference:\n  - {test_accuracy: .nan}\n", [], "test_accuracy: nan is not a finite"),
     ("alias", SPACE + "extra: &x 1\n", [], "anchors and aliases (&name, *name) are not allowed"),
     ("alias bomb", BOMB, [], "anchors and aliases"),

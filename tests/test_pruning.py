@@ -61,6 +61,19 @@ def test_a_trial_at_chance_is_stopped_and_one_that_never_trained_is_left_out_of_
     assert "unbuilt" in scheduler._ended and "unbuilt" not in scheduler._trials    # no epoch, no Optuna trial
 
 
+def test_a_trial_retried_after_a_crash_is_still_judged_and_one_that_fails_for_good_is_told_failed():
+    scheduler = median(floor=0.15)
+    retried = SimpleNamespace(trial_id="retried", should_recover=lambda: True)      # within --max-failures
+    assert scheduler.on_trial_result(None, retried, {"epoch": 1, "val_accuracy": 0.5}) == CONTINUE
+    scheduler.on_trial_error(None, retried)
+    scheduler.on_trial_add(None, retried)
+    assert scheduler.on_trial_result(None, retried, {"epoch": 2, "val_accuracy": 0.1}) == STOP   # at chance
+    lost = SimpleNamespace(trial_id="lost", should_recover=lambda: False)
+    scheduler.on_trial_result(None, lost, {"epoch": 1, "val_accuracy": 0.5})
+    scheduler.on_trial_error(None, lost)
+    assert [t.state.name for t in scheduler._study.get_trials()] == ["RUNNING", "FAIL"]
+
+
 def test_the_pruners_record_survives_a_restore():
     scheduler = median()
     finished_five(scheduler)

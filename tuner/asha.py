@@ -144,7 +144,10 @@ class QuorumASHA(ChanceFloorASHA):
 
 
 def quorum_milestones(bracket: _Bracket, share: float, num_samples: int | None) -> list[int]:
-    """The bracket's milestones where the search is expected to bring enough trials for a quorum."""
+    """The bracket's milestones where the search is expected to bring enough trials for a quorum (none in a
+    bracket without rungs, whose trials all run to max_t)."""
+    if not bracket._rungs:
+        return []
     first = min(m for m, _ in bracket._rungs)
     if num_samples is None:
         return [m for m, _ in bracket._rungs]

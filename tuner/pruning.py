@@ -108,7 +108,10 @@ class OptunaPruning(FIFOScheduler):
             self._study.tell(self._trials[trial_id], state=optuna.trial.TrialState.FAIL)
 
     def on_trial_error(self, tune_controller, trial):
-        self.on_trial_remove(tune_controller, trial)
+        # Ray calls this before it retries a trial from its checkpoint (--max-failures) too: the trial goes on,
+        # and so does its trial in the study; only an error it is not retried after ends it, as FAIL.
+        if not trial.should_recover():
+            self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial):
         if trial.trial_id not in self._ended and trial.trial_id in self._trials:

@@ -344,6 +344,10 @@ def load_space(name_or_path: str) -> Space:
     start = raw.get("start") or []
     if not isinstance(start, list) or not all(isinstance(p, dict) and set(p) <= set(search) for p in start):
         c.fail("start", "must be a list of mappings that give values of searched keys")
+    for i, point in enumerate(start):      # Optuna's searcher takes a point only whole
+        if set(point) != set(search):
+            c.fail(f"start[{i}]", f"gives no value of {', '.join(sorted(set(search) - set(point)))}; a start point "
+                                  f"gives every searched key")
     types = setting_types(raw["model"])
     start = [{k: _check_value(c, f"start[{i}].{k}", v, types[k], k) for k, v in p.items()} for i, p in enumerate(start)]
     reference = _check_reference(c, raw.get("reference") or [], types, set(fixed) | set(search))
