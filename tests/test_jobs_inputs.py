@@ -3,7 +3,6 @@ job's command and metadata, and how a signal stops a search."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -96,6 +95,12 @@ def test_an_unreachable_job_server_is_one_line(capsys):
     assert err.startswith("error: the Ray job server at http://127.0.0.1:9 cannot be used") and err.count("\n") == 1
 
 
+def test_a_job_server_address_without_its_scheme_is_one_line_at_once(capsys):
+    assert main(GOOD[:3] + ["127.0.0.1:1"] + GOOD[4:]) == 2         # a GCS address, as $RAY_ADDRESS often is
+    assert capsys.readouterr().err == ("error: 127.0.0.1:1 is not a Ray job server's address; give the head's "
+                                       "dashboard, http://HOST:8265\n")
+
+
 def test_a_failed_check_on_the_cluster_is_its_error_line(capsys, monkeypatch):
     client = FakeClient(check="FAILED")
     monkeypatch.setattr(submit, "job_client", lambda address: client)
@@ -113,8 +118,7 @@ def test_a_name_submitted_already_is_refused(capsys, monkeypatch):
 
 def test_the_job_runs_the_search_with_the_flags_given_and_records_it(fake, capsys):
     flags = ["--num-samples", "3", "--set", "lr=0.01", "--set", "depth=2", "--gpus-per-trial", "0.25", "--grid"]
-    assert main([*GOOD, "--name", "s1", *flags,
-                 "--tracking-uri", "http://user:secret@mlflow:5000"]) == 0
+    assert main([*GOOD, "--name", "s1", *flags, "--tracking-uri", "http://mlflow:5000"]) == 0
     check, search = fake.submitted
     assert search["submission_id"] == "s1" and "submitted search s1" in capsys.readouterr().out
     argv = shlex.split(search["entrypoint"])
@@ -124,12 +128,23 @@ def test_the_job_runs_the_search_with_the_flags_given_and_records_it(fake, capsy
                                                                                        True)
     assert again.storage_path == "/shared/rr" and again.submit is None
     meta = search["metadata"]
-    assert meta["tuner.search"] == "s1" and meta["tuner.tracking_uri"] == "http://***@mlflow:5000"
-    assert "secret" not in json.dumps(meta) and meta["tuner.metric"] == "val_accuracy"
+    assert meta["tuner.search"] == "s1" and meta["tuner.tracking_uri"] == "http://mlflow:5000"
+    assert meta["tuner.metric"] == "val_accuracy"
     assert search["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == str(submit.STOP_WAIT_SECONDS)
     # every job its own working directory: Ray deletes a shared one when the first job using it ends
     assert check["runtime_env"]["env_vars"] == search["runtime_env"]["env_vars"]
     assert check["runtime_env"]["working_dir"] != search["runtime_env"]["working_dir"]
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_credentials_in_the_tracking_uri_are_refused_not_sent_to_the_job_table(fake, monkeypatch, capsys, where):
+    uri = "http://user:secret@mlflow:5000"
+    if where == "environment":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main([*GOOD[:6], "--name", "s3", *(["--tracking-uri", uri] if where == "flag" else [])]) == 2
+    err = capsys.readouterr().err
+    assert "holds credentials" in err and "MLFLOW_TRACKING_USERNAME" in err and "secret" not in err
+    assert not fake.submitted
 
 
 def test_a_tracking_uri_from_the_environment_goes_with_the_job(fake, monkeypatch):

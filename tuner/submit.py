@@ -40,6 +40,9 @@ def job_client(address: str):
     """Ray's JobSubmissionClient for ``address`` (the job server, http://HOST:8265), or one line."""
     from ray.job_submission import JobSubmissionClient
 
+    if not address.startswith(("http://", "https://")):   # Ray would look for a cluster there for 40 s, then raise
+        raise UserError(f"{redact(address)} is not a Ray job server's address; give the head's dashboard, "
+                        f"http://HOST:8265")
     # Ray lets $RAY_API_SERVER_ADDRESS and $RAY_ADDRESS override the address it is given; here the address
     # given is the one meant.
     saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
@@ -69,6 +72,10 @@ def check_submittable(args: argparse.Namespace) -> str:
     if not uri:
         raise UserError("a submitted search needs a tracking server the cluster reaches: --tracking-uri "
                         "http://HOST:5000 (the default sqlite file is on this machine)")
+    if redact(uri) != uri:     # the job's command line is kept in the cluster's job table, for all to list
+        raise UserError(f"the tracking URI {redact(uri)} holds credentials, which the submitted job's command line "
+                        f"would carry into the cluster's job table; give them to the cluster (MLFLOW_TRACKING_USERNAME "
+                        f"and MLFLOW_TRACKING_PASSWORD in the environment of ray start) and the URI without them")
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         raise UserError(f"the tracking store {redact(uri)} is a file: a submitted search runs in a temporary "
                         f"folder on the cluster; start `mlflow server` where the cluster reaches it and pass "
