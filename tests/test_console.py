@@ -73,6 +73,12 @@ def test_a_trial_whose_loss_diverged_is_counted_as_diverged_not_stopped():
     assert progress_line(t, "val_accuracy", 5, None, False).startswith("[0:05] 1/2 trials done (1 diverged)")
 
 
+def test_the_best_is_the_trials_own_over_epochs_a_result_carries_in_a_list():
+    batch = trial("a", Trial.RUNNING, [0.5, 0.8], best_score=0.93)     # epochs 3 to 6 in one result: .7 .93 .85 .8
+    t = tally([batch], total=1, metric="val_accuracy", mode="max", asha=QUICKSTART_ASHA)
+    assert t.best == (0.93, "a")
+
+
 def test_the_line_says_where_the_search_stands():
     t = tally(search_of_seven(), total=10, metric="val_accuracy", mode="max", asha=QUICKSTART_ASHA)
     line = progress_line(t, "val_accuracy", elapsed=75, rate=0.5, done=False)

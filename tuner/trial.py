@@ -259,6 +259,8 @@ def send(state: TrialState, report: Report, epochs: list[dict], ended: str | Non
         state.save(folder)
         t1 = time.perf_counter()
         latest = {**costs, **epochs[-1], "epochs": epochs, "best_epoch": state.best.epoch}
+        if state.best.value is not None:     # of every epoch, also those inside a result's list (progress line)
+            latest["best_score"] = state.best.value
         report({**latest, "end_reason": ended} if ended else latest, folder)
     return {"checkpoint_seconds": t1 - t0, "report_seconds": time.perf_counter() - t1}
 
