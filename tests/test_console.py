@@ -134,6 +134,19 @@ def test_tensorboards_warning_about_the_epochs_list_is_dropped_and_no_other():
         quiet_libraries(verbose=False)
 
 
+def test_printed_notices_are_dropped_line_by_line_and_the_rest_passes():
+    import io
+
+    from tuner.console import DropLines
+
+    out = io.StringIO()
+    stream = DropLines(out, ("Created version",))
+    stream.write("Created version '1' of model 'q'.\nwarning: something to act on\nCreated ")
+    stream.write("version '2'.\ntail without newline")
+    stream.flush()
+    assert out.getvalue() == "warning: something to act on\ntail without newline"
+
+
 def test_only_notices_that_call_for_no_action_are_dropped(tmp_path, capfd):
     from mlflow.tracking import MlflowClient
     from ray._private.authentication import authentication_token_setup as token

@@ -12,6 +12,7 @@ multi-objective search's Pareto front is logged and registered too, its versions
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from mlflow.types import Schema, TensorSpec
 
 from models.layers import Normalized
 from tuner.bundle import FOLDER, write_bundle
+from tuner.console import DropLines
 
 MODEL_NAME = "model"                       # the logged model's name on its trial's run
 COMPARABLE = ("dataset", "test_digest", "test_images")   # tags that must agree for test scores to compare
@@ -69,8 +71,22 @@ def export_problem(model: Normalized, example: np.ndarray) -> str | None:
     return None
 
 
+# What MLflow prints (not logs) as it registers a model: the search's summary names the version.
+REGISTRY_NOTICES = ("Successfully registered model", "Registered model '", "Created version '")
+
+
+@contextlib.contextmanager
+def without_registry_notices():
+    stream = DropLines(sys.stderr, REGISTRY_NOTICES)
+    with contextlib.redirect_stderr(stream):
+        try:
+            yield
+        finally:
+            stream.flush()
+
+
 def log_pt2(c: Candidate, registry_name: str, example: np.ndarray, num_classes: int, files: list[str]) -> str:
-    with mlflow.start_run(run_id=c.run_id):
+    with mlflow.start_run(run_id=c.run_id), without_registry_notices():
         info = mlflow.pytorch.log_model(
             c.model, name=MODEL_NAME, signature=signature(example.shape[1:], num_classes), input_example=example,
             registered_model_name=registry_name, pip_requirements=requirements(), extra_files=files,

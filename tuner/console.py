@@ -9,6 +9,7 @@ from the trial-epochs done so far against the trial-epochs the search is expecte
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import sys
@@ -39,6 +40,28 @@ class DropNotices(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefixes)
+
+
+class DropLines(io.TextIOBase):
+    """A text stream that passes on to ``target`` every line but those starting with ``prefixes`` (for
+    notices a library prints rather than logs)."""
+
+    def __init__(self, target, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.target, self.prefixes, self.pending = target, prefixes, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if not line.startswith(self.prefixes):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not self.pending.startswith(self.prefixes):
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
 
 
 def quiet_libraries(verbose: bool = False) -> None:
