@@ -248,8 +248,8 @@ class Row:
 
     @property
     def median_reach(self) -> float | None:
-        """The median over seeds of the trial-epochs to random search's final best (None: never, as on more
-        than half the seeds). Unlike the worst seed, it is not set by random search's luckiest draw."""
+        """The median over seeds of the trial-epochs to random search's final best (None: never, as on half
+        the seeds or more). Unlike the worst seed, it is not set by random search's luckiest draw."""
         ordered = sorted(math.inf if r is None else r for r in self.reach)
         middle = statistics.median(ordered)
         return None if math.isinf(middle) else middle
