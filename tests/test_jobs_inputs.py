@@ -66,6 +66,7 @@ GOOD = ["--space", "quickstart", "--submit", "http://head:8265", "--storage-path
 @pytest.mark.parametrize("args, says", [
     (["--storage-path", "rr"], "--storage-path rr is not an absolute path"),
     (["--storage-path", "~/rr"], "--storage-path ~/rr is not an absolute path"),
+    (["--data-dir", "data"], "--data-dir data is not an absolute path: a submitted search runs in a temporary"),
     (["--tracking-uri", "sqlite:///mlflow.db"], "the tracking store sqlite:///mlflow.db is a file"),
     (["--tracking-uri", "/tmp/mlruns"], "the tracking store /tmp/mlruns is a file"),
     (["--resume", "--name", "x"], "--submit starts a search"),

@@ -68,6 +68,10 @@ def check_submittable(args: argparse.Namespace) -> str:
         raise UserError(f"--storage-path {storage} is not an absolute path: a submitted search runs in a "
                         f"temporary folder on the cluster, so give a folder every node mounts "
                         f"(--storage-path /shared/ray_results) or s3://bucket/path")
+    if args.data_dir and not Path(args.data_dir).is_absolute():
+        raise UserError(f"--data-dir {args.data_dir} is not an absolute path: a submitted search runs in a temporary "
+                        f"folder on the cluster; give the cluster's dataset folder (--data-dir /shared/data), or "
+                        f"leave it out for the cluster's $TUNER_DATA_DIR")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise UserError("a submitted search needs a tracking server the cluster reaches: --tracking-uri "
