@@ -148,9 +148,8 @@ def tally(trials: list, total: int, metric: str, mode: str, asha: tuple[int, int
         counts[state] += 1
         epoch = int(last.get("epoch", 0) or 0)
         (running if state in ("running", "pending") else finished).append(epoch)
-        score = last.get("best_score")       # the trial's own, over the epochs a result carries in a list too
-        score = trial.metric_analysis.get(metric, {}).get(mode) if score is None else score
-        score = score if epoch > 0 else None
+        # the trial's own best, over the epochs a result carries in a list too (results from before it: Ray's)
+        score = last.get("best_score", trial.metric_analysis.get(metric, {}).get(mode)) if epoch > 0 else None
         if score is not None and (best is None or (score > best[0] if mode == "max" else score < best[0])):
             best = (score, trial.trial_id)
     unstarted = max(total - len(trials), 0)            # not created by the searcher yet
